@@ -1,0 +1,93 @@
+"""The HRPO gate: mixes a sampled token's embedding with a latent vector (spec §2).
+
+For a sampled token embedding ``ê`` and a latent ``h`` (see :mod:`hrpo.latent`)::
+
+    r = σ(W_r ê + b_r)            i = σ(W_i ê + b_i)
+    a = exp(−c · softplus(Λ) · r)                  (c = 8)
+    e = a ⊙ ê + sqrt(1 − a² + ε) ⊙ (i ⊙ h)          (ε = 1e-8)
+
+``Λ`` is initialised so that ``exp(−c·softplus(Λ)) = u`` with ``u ~ U[r_min, r_max]`` per
+dimension, hence ``a = u^r`` starts close to 1 (almost pure token embeddings).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+GATE_EPS = 1e-8
+
+
+def lambda_init(u: torch.Tensor, c: float) -> torch.Tensor:
+    """Solve ``exp(−c · softplus(Λ)) = u`` for Λ (inverse softplus of ``−ln(u)/c``)."""
+    s = -torch.log(u.double()) / c
+    return torch.log(torch.expm1(s)).float()
+
+
+class HybridGate(nn.Module):
+    """Gate parameters ``W_r, b_r, W_i, b_i, Λ`` and the hybrid-input computation.
+
+    Parameters are kept in float32 and the gate is always evaluated in float32 (autocast off),
+    whatever the model's dtype: ``1 − a²`` with ``a ≈ 0.999`` loses all its digits in bf16.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        r_min: float = 0.99,
+        r_max: float = 0.999,
+        c: float = 8.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < r_min <= r_max < 1.0:
+            raise ValueError(f"gate init needs 0 < r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
+        self.hidden_size = hidden_size
+        self.r_min, self.r_max, self.c = r_min, r_max, c
+        self.gate_r = nn.Linear(hidden_size, hidden_size, bias=True, dtype=torch.float32)
+        self.gate_i = nn.Linear(hidden_size, hidden_size, bias=True, dtype=torch.float32)
+        self.Lambda = nn.Parameter(torch.zeros(hidden_size, dtype=torch.float32))
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Default ``nn.Linear`` init for the gate linears and ``U[r_min, r_max]`` decay for Λ."""
+        for lin in (self.gate_r, self.gate_i):
+            bound = 1.0 / math.sqrt(lin.in_features)
+            lin.weight.uniform_(-bound, bound, generator=generator)
+            lin.bias.uniform_(-bound, bound, generator=generator)
+        u = torch.empty(self.hidden_size, dtype=torch.float64)
+        u.uniform_(self.r_min, self.r_max, generator=generator)
+        self.Lambda.copy_(lambda_init(u, self.c))
+
+    def decay(self, token_embeds: torch.Tensor) -> torch.Tensor:
+        """``a = exp(−c · softplus(Λ) · r(ê))`` in float32, same leading shape as ``token_embeds``."""
+        with torch.autocast(device_type=token_embeds.device.type, enabled=False):
+            e = token_embeds.float()
+            r = torch.sigmoid(self.gate_r(e))
+            return torch.exp(-self.c * F.softplus(self.Lambda) * r)
+
+    def forward(
+        self, token_embeds: torch.Tensor, latents: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hybrid inputs ``a ⊙ ê + sqrt(1 − a² + ε) ⊙ (i ⊙ h)`` and the decay ``a``.
+
+        Returns the hybrid embeddings in ``token_embeds``'s dtype and ``a`` in float32.
+        Where ``a`` is exactly 1 the latent coefficient is set to 0 instead of ``sqrt(ε)`` so
+        that a closed gate reproduces the token embedding bit for bit.
+        """
+        with torch.autocast(device_type=token_embeds.device.type, enabled=False):
+            e = token_embeds.float()
+            r = torch.sigmoid(self.gate_r(e))
+            i = torch.sigmoid(self.gate_i(e))
+            a = torch.exp(-self.c * F.softplus(self.Lambda) * r)
+            b = torch.sqrt(1.0 - a * a + GATE_EPS)
+            b = torch.where(a < 1.0, b, torch.zeros_like(b))
+            mixed = a * e + b * (i * latents.float())
+        return mixed.to(token_embeds.dtype), a
+
+    def extra_repr(self) -> str:
+        return f"hidden_size={self.hidden_size}, r_min={self.r_min}, r_max={self.r_max}, c={self.c}"

@@ -1,0 +1,261 @@
+"""Hybrid rollouts: sampling completions while feeding back gated latent inputs (spec §2).
+
+At each decoding step, for every sequence still running:
+
+1. the step's logits give the restricted distribution ``p`` (temperature, top-k, top-p) and
+   the next token ``x̂`` (sampled, or argmax when greedy);
+2. the marker automaton advances on ``x̂``; the token is a *thinking* position if the answer
+   marker has not yet appeared (the token completing it is already plain) and it is not EOS;
+3. the next input is ``E[x̂]`` for plain positions and the gate's mix of ``E[x̂]`` with the
+   latent ``h = Eᵀp/‖p‖₂`` for thinking positions; the latent is stored with the rollout so the
+   trainer can rebuild the exact same input under the current gate.
+
+With ``hybrid=False`` step 3 always feeds ``E[x̂]``: plain token rollouts, the GRPO baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+import torch
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from hrpo.latent import project_latent
+from hrpo.marker import MarkerTracker
+from hrpo.model import HybridModel, position_ids_from_mask
+from hrpo.prompts import Prompt, encode_prompts
+from hrpo.sampling import restrict, sample, token_logprobs
+
+
+@dataclass
+class RolloutConfig:
+    """Settings of the rollout engine (TRL names where TRL has them)."""
+
+    num_generations: int = 1
+    """G: completions sampled per prompt; a prompt's G completions are contiguous in the batch."""
+    max_prompt_length: int | None = 512
+    """Prompts longer than this (in tokens, after the chat template) raise an error."""
+    max_completion_length: int = 512
+    """Generation stops after this many new tokens (or at EOS)."""
+    temperature: float = 0.5
+    """τ: sampling temperature, also the temperature of ``p`` in the latent and of the recorded log-probs."""
+    top_k: int | None = 50
+    """Keep the k most likely tokens (None or 0: all). Restricts both the sampler and ``p`` in the latent."""
+    top_p: float = 1.0
+    """Nucleus restriction applied after top-k; 1.0 disables it."""
+    do_sample: bool = True
+    """False: greedy decoding (argmax); the latent still uses the restricted ``p``."""
+    hybrid: bool = True
+    """Feed gated latent inputs at thinking positions; False gives plain token rollouts (GRPO)."""
+    answer_marker: str = "####"
+    """The thinking phase of a sequence ends once this string has appeared in its completion."""
+    system_prompt: str | None = None
+    """Prepended as a system turn to prompts that have none."""
+    chat_template: bool = True
+    """Wrap plain-string prompts as a user turn in the tokenizer's chat template."""
+    latent_dtype: torch.dtype | None = None
+    """Storage dtype of latents (default: the model's dtype); the rollout feeds the stored values."""
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {self.num_generations}")
+        if self.max_completion_length < 1:
+            raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Rollout:
+    """A batch of completed rollouts, ``N = num_prompts × G`` rows, completions right-padded."""
+
+    prompt_ids: torch.Tensor  # (N, P) left-padded
+    prompt_mask: torch.Tensor  # (N, P)
+    completion_ids: torch.Tensor  # (N, C) padded with pad_token_id after EOS
+    completion_mask: torch.Tensor  # (N, C) 1 up to and including EOS
+    thinking_mask: torch.Tensor  # (N, C) bool: positions fed as hybrid inputs
+    latents: torch.Tensor  # (N, C, d) latent h at thinking positions, 0 elsewhere
+    embeds_ratio: torch.Tensor  # (N, C) mean of a over d at thinking positions, 1 elsewhere
+    hidden_ratio: torch.Tensor  # (N, C) mean of sqrt(1 - a²) at thinking positions, 0 elsewhere
+    logprobs: torch.Tensor  # (N, C) log softmax(z/τ)[x̂], 0 after EOS
+    group_ids: torch.Tensor  # (N,) index of the prompt each row came from
+    temperature: float
+    prompt_texts: list[str] = field(default_factory=list)
+    completion_texts: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> Rollout:
+        moved = {
+            f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+            for f in fields(self)
+        }
+        return Rollout(**moved)
+
+    @property
+    def completion_lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(-1)
+
+    def mean_embeds_ratio(self) -> float:
+        """Mean of ``a`` over all thinking positions and dimensions (1.0 with none)."""
+        n = self.thinking_mask.sum()
+        return float((self.embeds_ratio * self.thinking_mask).sum() / n) if n else 1.0
+
+    def mean_hidden_ratio(self) -> float:
+        """Mean of ``sqrt(1 − a²)`` over all thinking positions and dimensions (0.0 with none)."""
+        n = self.thinking_mask.sum()
+        return float((self.hidden_ratio * self.thinking_mask).sum() / n) if n else 0.0
+
+
+def eos_token_ids(model: HybridModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS and the generation config's."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model.model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos is not None:
+        ids.update(int(i) for i in eos)
+    if not ids:
+        raise ValueError("the tokenizer and generation config define no EOS token")
+    return sorted(ids)
+
+
+class RolloutEngine:
+    """Generates hybrid (or plain) rollouts with a KV cache, for a :class:`HybridModel`."""
+
+    def __init__(self, model: HybridModel, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or RolloutConfig()
+        self.marker = MarkerTracker(tokenizer, self.config.answer_marker, vocab_size=model.vocab_size)
+        self.eos_ids = torch.tensor(eos_token_ids(model, tokenizer), dtype=torch.long)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else self.eos_ids[0])
+
+    def encode(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        cfg = self.config
+        return encode_prompts(
+            self.tokenizer,
+            prompts,
+            max_prompt_length=cfg.max_prompt_length,
+            system_prompt=cfg.system_prompt,
+            chat_template=cfg.chat_template,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: Sequence[Prompt], *, num_generations: int | None = None, seed: int | None = None
+    ) -> Rollout:
+        """Sample ``num_generations`` completions for each prompt (default: the config's G)."""
+        g = num_generations or self.config.num_generations
+        ids, mask, texts = self.encode(prompts)
+        group_ids = torch.arange(len(prompts)).repeat_interleave(g)
+        rollout = self.generate_from_ids(ids.repeat_interleave(g, 0), mask.repeat_interleave(g, 0), seed=seed)
+        rollout.group_ids = group_ids.to(rollout.group_ids.device)
+        rollout.prompt_texts = [texts[i] for i in group_ids.tolist()]
+        return rollout
+
+    @torch.no_grad()
+    def generate_from_ids(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, seed: int | None = None
+    ) -> Rollout:
+        """Roll out from left-padded prompt ids ``(N, P)``; each row is one sample."""
+        cfg, model = self.config, self.model
+        device = model.device
+        ids, mask = prompt_ids.to(device), prompt_mask.to(device).long()
+        n, max_new = ids.shape[0], cfg.max_completion_length
+        gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        marker = self.marker.to(device)
+        eos_ids = self.eos_ids.to(device)
+        latent_dtype = cfg.latent_dtype or model.dtype
+        weight, scale = model.get_embedding_weight(), model.embed_scale
+
+        completion = torch.full((n, max_new), self.pad_id, dtype=torch.long, device=device)
+        comp_mask = torch.zeros((n, max_new), dtype=torch.long, device=device)
+        thinking = torch.zeros((n, max_new), dtype=torch.bool, device=device)
+        logprobs = torch.zeros((n, max_new), dtype=torch.float32, device=device)
+        embeds_ratio = torch.ones((n, max_new), dtype=torch.float32, device=device)
+        hidden_ratio = torch.zeros((n, max_new), dtype=torch.float32, device=device)
+        latents = torch.zeros((n, max_new, model.hidden_size), dtype=latent_dtype, device=device)
+        finished = torch.zeros(n, dtype=torch.bool, device=device)
+        state = marker.initial_state(n)
+
+        was_training = model.training
+        model.eval()
+        try:
+            cache = DynamicCache(config=model.config)
+            positions = position_ids_from_mask(mask)
+            hidden = model.decode(model.embed_tokens(ids), mask, positions, past_key_values=cache)
+            logits = model.logits(hidden[:, -1])
+            next_pos = positions[:, -1:] + 1
+            steps = 0
+            for t in range(max_new):
+                support = restrict(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+                tok = sample(support, gen) if cfg.do_sample else logits.argmax(dim=-1)
+                tok = tok.masked_fill(finished, self.pad_id)
+                running = ~finished
+                is_eos = torch.isin(tok, eos_ids) & running
+                state = marker.step(state, tok)
+                completion[:, t] = tok
+                comp_mask[:, t] = running.long()
+                logprobs[:, t] = token_logprobs(logits, tok, cfg.temperature) * running
+
+                embeds = model.embed_tokens(tok)
+                if cfg.hybrid:
+                    think = running & ~marker.seen(state) & ~is_eos
+                    h = project_latent(support, weight, scale).to(latent_dtype)
+                    mixed, a = model.gate(embeds, h)
+                    embeds = torch.where(think[:, None], mixed, embeds)
+                    thinking[:, t] = think
+                    latents[:, t] = h * think[:, None]
+                    embeds_ratio[:, t] = torch.where(think, a.mean(-1), 1.0)
+                    hidden_ratio[:, t] = torch.where(think, torch.sqrt(1 - a * a).mean(-1), 0.0)
+                finished |= is_eos
+                steps = t + 1
+                if steps == max_new or bool(finished.all()):
+                    break
+                mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
+                hidden = model.decode(embeds[:, None], mask, next_pos, past_key_values=cache)
+                logits = model.logits(hidden[:, -1])
+                next_pos = next_pos + 1
+        finally:
+            model.train(was_training)
+
+        completion = completion[:, :steps]
+        comp_mask = comp_mask[:, :steps]
+        texts = self.tokenizer.batch_decode(completion.masked_fill(comp_mask == 0, self.pad_id), skip_special_tokens=True)
+        return Rollout(
+            prompt_ids=ids,
+            prompt_mask=prompt_mask.to(device).long(),
+            completion_ids=completion,
+            completion_mask=comp_mask,
+            thinking_mask=thinking[:, :steps],
+            latents=latents[:, :steps],
+            embeds_ratio=embeds_ratio[:, :steps],
+            hidden_ratio=hidden_ratio[:, :steps],
+            logprobs=logprobs[:, :steps],
+            group_ids=torch.arange(n, device=device),
+            temperature=cfg.temperature,
+            completion_texts=texts,
+        )
+
+    def teacher_forced_logprobs(self, rollout: Rollout, *, hybrid: bool | None = None) -> torch.Tensor:
+        """Recompute ``rollout``'s completion log-probs teacher-forced at the rollout temperature."""
+        use_latents = self.config.hybrid if hybrid is None else hybrid
+        logprobs, _ = self.model.completion_logprobs(
+            rollout.prompt_ids,
+            rollout.prompt_mask,
+            rollout.completion_ids,
+            rollout.completion_mask,
+            latents=rollout.latents if use_latents else None,
+            thinking_mask=rollout.thinking_mask if use_latents else None,
+            temperature=rollout.temperature,
+        )
+        return logprobs
