@@ -1,0 +1,38 @@
+"""Shared fixtures. Unit tests use tiny random models; `slow` tests use the real SmolLM2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# The hub is unreachable here: fail fast instead of retrying connections.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import tiny_model, tiny_tokenizer  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def make_model(tok):
+    def make(arch: str = "llama", seed: int = 0, **overrides):
+        return tiny_model(arch, len(tok), seed=seed, **overrides)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real default model and tokenizer (converted once, then loaded from the cache)."""
+    from hrpo.loading import load_model
+
+    return load_model(None, dtype="float32")

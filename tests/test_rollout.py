@@ -1,0 +1,148 @@
+import pytest
+import torch
+
+from hrpo import HybridModel, RolloutConfig, RolloutEngine
+from hrpo.marker import MarkerTracker
+from hrpo.prompts import PromptTooLongError
+
+ARCHS = ["llama", "qwen2", "qwen3", "mistral", "gemma3_text"]
+PROMPTS = ["what is 3 + 4 ?", "apples and pears total each has gives left so we get 5 + 9 = ?", "so 1 + 1"]
+
+
+def engine(model, tok, **kw):
+    return RolloutEngine(model, tok, RolloutConfig(**kw))
+
+
+def mask_after(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    return [r[: int(m.sum())].tolist() for r, m in zip(ids, mask, strict=True)]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_plain_greedy_equals_generate(make_model, tok, arch):
+    hf = make_model(arch)
+    ro = engine(HybridModel(hf, seed=0), tok, hybrid=False, do_sample=False, max_completion_length=24).generate(PROMPTS)
+    out = hf.generate(ro.prompt_ids, attention_mask=ro.prompt_mask, max_new_tokens=24, do_sample=False,
+                      pad_token_id=tok.pad_token_id)
+    ref = out[:, ro.prompt_ids.shape[1]:]
+    ref_mask = torch.ones_like(ref)
+    for i in range(len(ref)):  # generate pads after EOS; keep up to and including EOS
+        eos = (ref[i] == tok.eos_token_id).nonzero()
+        if len(eos):
+            ref_mask[i, eos[0, 0] + 1 :] = 0
+    assert mask_after(ro.completion_ids, ro.completion_mask) == mask_after(ref, ref_mask)
+    assert not ro.thinking_mask.any() and not ro.latents.any()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("top_k,top_p", [(50, 1.0), (None, 0.9)])
+def test_rollout_logprobs_equal_teacher_forced(make_model, tok, arch, top_k, top_p):
+    model = HybridModel(make_model(arch), seed=0, r_min=0.5, r_max=0.6)  # a wide-open gate
+    eng = engine(model, tok, max_completion_length=32, temperature=0.7, top_k=top_k, top_p=top_p,
+                 num_generations=2)
+    ro = eng.generate(PROMPTS, seed=1)
+    assert ro.prompt_mask.sum(-1).unique().numel() == 3  # different prompt lengths: left padding
+    assert ro.thinking_mask.sum() > 10 and ro.mean_hidden_ratio() > 0.3
+    with torch.no_grad():
+        tf = eng.teacher_forced_logprobs(ro)
+    diff = ((tf - ro.logprobs) * ro.completion_mask).abs().max()
+    assert diff < 1e-4, diff
+    # The latents matter: feeding token ids only gives other log-probs.
+    with torch.no_grad():
+        plain = eng.teacher_forced_logprobs(ro, hybrid=False)
+    assert ((plain - ro.logprobs) * ro.completion_mask).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_hybrid_is_batch_invariant(make_model, tok, arch):
+    """A prompt's greedy hybrid completion does not depend on its batch-mates or their padding.
+
+    Different batch shapes change float rounding (~1e-7). A random model with a gate opened far
+    past training's start (hidden ratio ~0.7) amplifies that through the latent feedback loop
+    within ~20 steps, so this uses r_min=0.9 (hidden ratio ~0.2), where a padding or position
+    bug would still show from the first step.
+    """
+    model = HybridModel(make_model(arch), seed=0, r_min=0.9, r_max=0.999)
+    eng = engine(model, tok, do_sample=False, max_completion_length=32)
+    together = eng.generate(PROMPTS)
+    assert together.mean_hidden_ratio() > 0.15
+    got = mask_after(together.completion_ids, together.completion_mask)
+    for i, p in enumerate(PROMPTS):
+        alone = eng.generate([p])
+        assert mask_after(alone.completion_ids, alone.completion_mask)[0] == got[i]
+        n = alone.completion_ids.shape[1]
+        assert (alone.logprobs[0] - together.logprobs[i, :n]).abs().max() < 1e-4
+    swapped = eng.generate([PROMPTS[2], PROMPTS[0]])
+    assert mask_after(swapped.completion_ids, swapped.completion_mask) == [got[2], got[0]]
+
+
+def test_seed_fixes_the_rollout(make_model, tok):
+    eng = engine(HybridModel(make_model(), seed=0), tok, max_completion_length=16, temperature=1.0, num_generations=3)
+    a, b, c = eng.generate(PROMPTS, seed=7), eng.generate(PROMPTS, seed=7), eng.generate(PROMPTS, seed=8)
+    assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.latents, b.latents)
+    assert not torch.equal(a.completion_ids, c.completion_ids)
+    assert a.group_ids.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert len(a.prompt_texts) == 9 and a.prompt_texts[3] == a.prompt_texts[5]
+
+
+def eos_biased(model, eos_id: int, bias: float):
+    """Make EOS likely, so sequences end at different steps."""
+    with torch.no_grad():
+        model.get_output_embeddings().weight[eos_id] += bias * model.get_output_embeddings().weight[eos_id].sign()
+    return model
+
+
+def test_eos_masks_and_early_stop(make_model, tok):
+    model = HybridModel(eos_biased(make_model(), tok.eos_token_id, 0.25), seed=0, r_min=0.5, r_max=0.6)
+    ro = engine(model, tok, max_completion_length=200, temperature=1.0, num_generations=4).generate(PROMPTS, seed=0)
+    lengths = ro.completion_lengths
+    assert ro.completion_ids.shape[1] == int(lengths.max()) < 200  # stopped when all were done
+    assert lengths.unique().numel() > 1
+    for i in range(len(ro)):
+        n = int(lengths[i])
+        assert ro.completion_ids[i, n - 1] == tok.eos_token_id  # mask includes EOS
+        assert (ro.completion_ids[i, :n - 1] != tok.eos_token_id).all()
+        assert (ro.completion_ids[i, n:] == tok.pad_token_id).all()
+        assert not ro.thinking_mask[i, n - 1 :].any()  # EOS and padding are never hybrid
+        assert (ro.logprobs[i, n:] == 0).all() and (ro.logprobs[i, :n] < 0).all()
+
+
+def test_length_limit(make_model, tok):
+    ro = engine(HybridModel(make_model(), seed=0), tok, max_completion_length=5).generate(PROMPTS, seed=0)
+    assert ro.completion_ids.shape[1] == 5
+
+
+def test_thinking_mask_follows_the_marker_in_generated_text(make_model, tok):
+    # A random model over a '#'-rich vocabulary writes the marker in some completions and not others.
+    model = HybridModel(make_model("qwen2", seed=3), seed=0, r_min=0.5, r_max=0.6)
+    eng = engine(model, tok, max_completion_length=40, temperature=1.5, top_k=None, num_generations=8)
+    ro = eng.generate(["#### 12 is in the prompt only", "so we get"], seed=0)
+    seen_marker = 0
+    for i in range(len(ro)):
+        n = int(ro.completion_lengths[i])
+        ids = ro.completion_ids[i, :n].tolist()
+        for t in range(n):
+            text = tok.decode(ids[: t + 1])
+            expect = "####" not in text and ids[t] != tok.eos_token_id
+            assert bool(ro.thinking_mask[i, t]) == expect, (i, t, text)
+        seen_marker += "####" in tok.decode(ids)
+    assert 0 < seen_marker < len(ro)
+    assert ro.thinking_mask[:8, 0].all() or "####" in tok.decode(ro.completion_ids[0, :1])
+
+
+def test_marker_is_configurable(make_model, tok):
+    eng = engine(HybridModel(make_model(), seed=0), tok, answer_marker="answer is", max_completion_length=4)
+    assert isinstance(eng.marker, MarkerTracker) and eng.marker.marker == "answer is"
+
+
+def test_over_long_prompt_names_the_prompt(make_model, tok):
+    eng = engine(HybridModel(make_model(), seed=0), tok, max_prompt_length=20)
+    with pytest.raises(PromptTooLongError, match="prompt 1 has"):
+        eng.generate(["hi", "apples " * 40])
+
+
+def test_chat_messages_and_plain_prompts(make_model, tok):
+    eng = engine(HybridModel(make_model(), seed=0), tok, max_completion_length=3, system_prompt="Reason, then ####.")
+    ro = eng.generate([[{"role": "user", "content": "3 + 4"}], "3 + 4"])
+    assert ro.prompt_texts[0] == ro.prompt_texts[1]
+    assert ro.prompt_texts[0].startswith("<|im_start|>system\nReason, then ####.<|im_end|>")
+    assert ro.prompt_texts[0].endswith("<|im_start|>assistant\n")
