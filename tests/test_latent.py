@@ -23,7 +23,8 @@ def dense(support: Support, vocab: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "temperature,top_k,top_p", [(1.0, None, 1.0), (0.5, 50, 1.0), (0.7, None, 0.9), (0.5, 20, 0.8), (1.3, 5, 0.3)]
+    "temperature,top_k,top_p",
+    [(1.0, None, 1.0), (0.5, 50, 1.0), (0.7, None, 0.9), (0.5, 20, 0.8), (1.3, 5, 0.3)],
 )
 def test_restrict_matches_transformers_warpers(temperature, top_k, top_p):
     logits = torch.randn(6, 300) * 3

@@ -20,8 +20,14 @@ def row(ro, i, extra_pad: int = 0):
     if extra_pad:
         p_ids = torch.cat([torch.full((1, extra_pad), 5), p_ids], 1)
         p_mask = torch.cat([torch.zeros(1, extra_pad, dtype=torch.long), p_mask], 1)
-    return (p_ids, p_mask, ro.completion_ids[i : i + 1], ro.completion_mask[i : i + 1],
-            ro.latents[i : i + 1], ro.thinking_mask[i : i + 1])
+    return (
+        p_ids,
+        p_mask,
+        ro.completion_ids[i : i + 1],
+        ro.completion_mask[i : i + 1],
+        ro.latents[i : i + 1],
+        ro.thinking_mask[i : i + 1],
+    )
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text"])
@@ -29,8 +35,9 @@ def test_padding_does_not_change_logprobs(make_model, tok, arch):
     model = HybridModel(make_model(arch), seed=0, r_min=0.5, r_max=0.6)
     ro = hybrid_rollout(model, tok)
     with torch.no_grad():
-        batch, _ = model.completion_logprobs(ro.prompt_ids, ro.prompt_mask, ro.completion_ids,
-                                             ro.completion_mask, ro.latents, ro.thinking_mask)
+        batch, _ = model.completion_logprobs(
+            ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask, ro.latents, ro.thinking_mask
+        )
         for i in range(len(ro)):
             alone, _ = model.completion_logprobs(*row(ro, i))
             padded, _ = model.completion_logprobs(*row(ro, i, extra_pad=7))
@@ -41,7 +48,14 @@ def test_padding_does_not_change_logprobs(make_model, tok, arch):
 def test_chunk_size_does_not_change_logprobs(make_model, tok):
     model = HybridModel(make_model("qwen2"), seed=0, r_min=0.5, r_max=0.6)
     ro = hybrid_rollout(model, tok)
-    args = (ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask, ro.latents, ro.thinking_mask)
+    args = (
+        ro.prompt_ids,
+        ro.prompt_mask,
+        ro.completion_ids,
+        ro.completion_mask,
+        ro.latents,
+        ro.thinking_mask,
+    )
     with torch.no_grad():
         a, _ = model.completion_logprobs(*args, chunk_size=1)
         b, _ = model.completion_logprobs(*args, chunk_size=1000)
@@ -69,7 +83,14 @@ def test_save_load_round_trip_gives_identical_logprobs(make_model, tok, tmp_path
     with torch.no_grad():
         model.gate.gate_i.bias.add_(0.3)
     ro = hybrid_rollout(model, tok)
-    args = (ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask, ro.latents, ro.thinking_mask)
+    args = (
+        ro.prompt_ids,
+        ro.prompt_mask,
+        ro.completion_ids,
+        ro.completion_mask,
+        ro.latents,
+        ro.thinking_mask,
+    )
     with torch.no_grad():
         before, _ = model.completion_logprobs(*args)
     model.save_pretrained(tmp_path / "ckpt")
@@ -88,7 +109,14 @@ def test_save_load_round_trip_gives_identical_logprobs(make_model, tok, tmp_path
 def test_full_model_save_load_round_trip(make_model, tok, tmp_path):
     model = HybridModel(make_model("qwen2"), seed=1, r_min=0.5, r_max=0.6)
     ro = hybrid_rollout(model, tok)
-    args = (ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask, ro.latents, ro.thinking_mask)
+    args = (
+        ro.prompt_ids,
+        ro.prompt_mask,
+        ro.completion_ids,
+        ro.completion_mask,
+        ro.latents,
+        ro.thinking_mask,
+    )
     model.save_pretrained(tmp_path / "full")
     loaded = HybridModel.from_pretrained(tmp_path / "full")
     with torch.no_grad():

@@ -20,10 +20,17 @@ def mask_after(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_plain_greedy_equals_generate(make_model, tok, arch):
     hf = make_model(arch)
-    ro = engine(HybridModel(hf, seed=0), tok, hybrid=False, do_sample=False, max_completion_length=24).generate(PROMPTS)
-    out = hf.generate(ro.prompt_ids, attention_mask=ro.prompt_mask, max_new_tokens=24, do_sample=False,
-                      pad_token_id=tok.pad_token_id)
-    ref = out[:, ro.prompt_ids.shape[1]:]
+    ro = engine(
+        HybridModel(hf, seed=0), tok, hybrid=False, do_sample=False, max_completion_length=24
+    ).generate(PROMPTS)
+    out = hf.generate(
+        ro.prompt_ids,
+        attention_mask=ro.prompt_mask,
+        max_new_tokens=24,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+    )
+    ref = out[:, ro.prompt_ids.shape[1] :]
     ref_mask = torch.ones_like(ref)
     for i in range(len(ref)):  # generate pads after EOS; keep up to and including EOS
         eos = (ref[i] == tok.eos_token_id).nonzero()
@@ -37,8 +44,9 @@ def test_plain_greedy_equals_generate(make_model, tok, arch):
 @pytest.mark.parametrize("top_k,top_p", [(50, 1.0), (None, 0.9)])
 def test_rollout_logprobs_equal_teacher_forced(make_model, tok, arch, top_k, top_p):
     model = HybridModel(make_model(arch), seed=0, r_min=0.5, r_max=0.6)  # a wide-open gate
-    eng = engine(model, tok, max_completion_length=32, temperature=0.7, top_k=top_k, top_p=top_p,
-                 num_generations=2)
+    eng = engine(
+        model, tok, max_completion_length=32, temperature=0.7, top_k=top_k, top_p=top_p, num_generations=2
+    )
     ro = eng.generate(PROMPTS, seed=1)
     assert ro.prompt_mask.sum(-1).unique().numel() == 3  # different prompt lengths: left padding
     assert ro.thinking_mask.sum() > 10 and ro.mean_hidden_ratio() > 0.3
@@ -76,7 +84,9 @@ def test_greedy_hybrid_is_batch_invariant(make_model, tok, arch):
 
 
 def test_seed_fixes_the_rollout(make_model, tok):
-    eng = engine(HybridModel(make_model(), seed=0), tok, max_completion_length=16, temperature=1.0, num_generations=3)
+    eng = engine(
+        HybridModel(make_model(), seed=0), tok, max_completion_length=16, temperature=1.0, num_generations=3
+    )
     a, b, c = eng.generate(PROMPTS, seed=7), eng.generate(PROMPTS, seed=7), eng.generate(PROMPTS, seed=8)
     assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.latents, b.latents)
     assert not torch.equal(a.completion_ids, c.completion_ids)
@@ -87,20 +97,24 @@ def test_seed_fixes_the_rollout(make_model, tok):
 def eos_biased(model, eos_id: int, bias: float):
     """Make EOS likely, so sequences end at different steps."""
     with torch.no_grad():
-        model.get_output_embeddings().weight[eos_id] += bias * model.get_output_embeddings().weight[eos_id].sign()
+        model.get_output_embeddings().weight[eos_id] += (
+            bias * model.get_output_embeddings().weight[eos_id].sign()
+        )
     return model
 
 
 def test_eos_masks_and_early_stop(make_model, tok):
     model = HybridModel(eos_biased(make_model(), tok.eos_token_id, 0.25), seed=0, r_min=0.5, r_max=0.6)
-    ro = engine(model, tok, max_completion_length=200, temperature=1.0, num_generations=4).generate(PROMPTS, seed=0)
+    ro = engine(model, tok, max_completion_length=200, temperature=1.0, num_generations=4).generate(
+        PROMPTS, seed=0
+    )
     lengths = ro.completion_lengths
     assert ro.completion_ids.shape[1] == int(lengths.max()) < 200  # stopped when all were done
     assert lengths.unique().numel() > 1
     for i in range(len(ro)):
         n = int(lengths[i])
         assert ro.completion_ids[i, n - 1] == tok.eos_token_id  # mask includes EOS
-        assert (ro.completion_ids[i, :n - 1] != tok.eos_token_id).all()
+        assert (ro.completion_ids[i, : n - 1] != tok.eos_token_id).all()
         assert (ro.completion_ids[i, n:] == tok.pad_token_id).all()
         assert not ro.thinking_mask[i, n - 1 :].any()  # EOS and padding are never hybrid
         assert (ro.logprobs[i, n:] == 0).all() and (ro.logprobs[i, :n] < 0).all()
@@ -141,7 +155,9 @@ def test_over_long_prompt_names_the_prompt(make_model, tok):
 
 
 def test_chat_messages_and_plain_prompts(make_model, tok):
-    eng = engine(HybridModel(make_model(), seed=0), tok, max_completion_length=3, system_prompt="Reason, then ####.")
+    eng = engine(
+        HybridModel(make_model(), seed=0), tok, max_completion_length=3, system_prompt="Reason, then ####."
+    )
     ro = eng.generate([[{"role": "user", "content": "3 + 4"}], "3 + 4"])
     assert ro.prompt_texts[0] == ro.prompt_texts[1]
     assert ro.prompt_texts[0].startswith("<|im_start|>system\nReason, then ####.<|im_end|>")

@@ -17,7 +17,24 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def _corpus(n: int = 400, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    words = "the answer is add subtract apples pears total each has gives left so we get step".split()
+    words = [
+        "the",
+        "answer",
+        "is",
+        "add",
+        "subtract",
+        "apples",
+        "pears",
+        "total",
+        "each",
+        "has",
+        "gives",
+        "left",
+        "so",
+        "we",
+        "get",
+        "step",
+    ]
     lines = []
     for _ in range(n):
         a, b = rng.randint(0, 999), rng.randint(0, 999)

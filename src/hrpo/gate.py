@@ -70,9 +70,7 @@ class HybridGate(nn.Module):
             r = torch.sigmoid(self.gate_r(e))
             return torch.exp(-self.c * F.softplus(self.Lambda) * r)
 
-    def forward(
-        self, token_embeds: torch.Tensor, latents: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, token_embeds: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hybrid inputs ``a ⊙ ê + sqrt(1 − a² + ε) ⊙ (i ⊙ h)`` and the decay ``a``.
 
         Returns the hybrid embeddings in ``token_embeds``'s dtype and ``a`` in float32.

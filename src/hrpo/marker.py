@@ -50,7 +50,7 @@ def token_strings(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[s
     pairs = tokenizer.batch_decode([anchor + [i] for i in range(known)], **kw)
     out = []
     for i, text in enumerate(pairs):
-        out.append(text[len(prefix):] if text.startswith(prefix) else tokenizer.decode([i], **kw))
+        out.append(text[len(prefix) :] if text.startswith(prefix) else tokenizer.decode([i], **kw))
     return out + [""] * (vocab_size - known)
 
 

@@ -130,7 +130,9 @@ def eos_token_ids(model: HybridModel, tokenizer: PreTrainedTokenizerBase) -> lis
 class RolloutEngine:
     """Generates hybrid (or plain) rollouts with a KV cache, for a :class:`HybridModel`."""
 
-    def __init__(self, model: HybridModel, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig | None = None):
+    def __init__(
+        self, model: HybridModel, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig | None = None
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or RolloutConfig()
@@ -230,7 +232,9 @@ class RolloutEngine:
 
         completion = completion[:, :steps]
         comp_mask = comp_mask[:, :steps]
-        texts = self.tokenizer.batch_decode(completion.masked_fill(comp_mask == 0, self.pad_id), skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(
+            completion.masked_fill(comp_mask == 0, self.pad_id), skip_special_tokens=True
+        )
         return Rollout(
             prompt_ids=ids,
             prompt_mask=prompt_mask.to(device).long(),
