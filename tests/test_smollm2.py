@@ -1,0 +1,119 @@
+"""Integration tests on the real default model, SmolLM2-135M-Instruct (float32)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hrpo import HybridModel, RolloutConfig, RolloutEngine
+from hrpo.marker import MarkerTracker, token_strings
+
+pytestmark = pytest.mark.slow
+
+SYSTEM = "Reason step by step, then write the final answer after '####', like: ... #### 42"
+PROMPTS = [
+    "What is 7 + 5?",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?",
+    "Name a prime number.",
+]
+
+
+def kept(ids, mask):
+    return [r[: int(m.sum())].tolist() for r, m in zip(ids, mask, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def model_tok(smollm2):
+    hf, tok = smollm2
+    return HybridModel(hf, seed=0), tok
+
+
+def test_plain_greedy_rollout_equals_generate(model_tok):
+    model, tok = model_tok
+    eng = RolloutEngine(model, tok, RolloutConfig(hybrid=False, do_sample=False, max_completion_length=48))
+    ro = eng.generate(PROMPTS)
+    out = model.model.generate(
+        ro.prompt_ids,
+        attention_mask=ro.prompt_mask,
+        max_new_tokens=48,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+    )
+    ref = out[:, ro.prompt_ids.shape[1] :]
+    ref_mask = torch.ones_like(ref)
+    for i in range(len(ref)):
+        eos = (ref[i] == tok.eos_token_id).nonzero()
+        if len(eos):
+            ref_mask[i, eos[0, 0] + 1 :] = 0
+    assert kept(ro.completion_ids, ro.completion_mask) == kept(ref, ref_mask)
+    assert (ro.completion_ids == tok.eos_token_id).any()  # the chat turn really ends with <|im_end|>
+
+
+def test_hybrid_rollout_logprobs_equal_teacher_forced(model_tok):
+    model, tok = model_tok
+    eng = RolloutEngine(
+        model, tok, RolloutConfig(max_completion_length=64, num_generations=2, system_prompt=SYSTEM)
+    )
+    ro = eng.generate(PROMPTS, seed=0)
+    assert ro.prompt_mask.sum(-1).unique().numel() == 3
+    assert ro.thinking_mask.sum() > 50
+    with torch.no_grad():
+        tf = eng.teacher_forced_logprobs(ro)
+    diff = ((tf - ro.logprobs) * ro.completion_mask).abs().max()
+    assert diff < 1e-4, diff
+
+
+def test_greedy_hybrid_is_batch_invariant(model_tok):
+    model, tok = model_tok
+    eng = RolloutEngine(model, tok, RolloutConfig(do_sample=False, max_completion_length=40))
+    ro = eng.generate(PROMPTS)
+    together = kept(ro.completion_ids, ro.completion_mask)
+    for i, p in enumerate(PROMPTS):
+        alone = eng.generate([p])
+        assert kept(alone.completion_ids, alone.completion_mask)[0] == together[i]
+
+
+def test_thinking_mask_matches_marker_in_real_completions(model_tok):
+    model, tok = model_tok
+    eng = RolloutEngine(
+        model,
+        tok,
+        RolloutConfig(max_completion_length=96, num_generations=4, system_prompt=SYSTEM, temperature=0.7),
+    )
+    ro = eng.generate(PROMPTS[:2], seed=1)
+    for i in range(len(ro)):
+        n = int(ro.completion_lengths[i])
+        ids = ro.completion_ids[i, :n].tolist()
+        for t in range(n):
+            expect = "####" not in tok.decode(ids[: t + 1]) and ids[t] != tok.eos_token_id
+            assert bool(ro.thinking_mask[i, t]) == expect
+
+
+@pytest.fixture(scope="module")
+def smol_tracker(smollm2):
+    _, tok = smollm2
+    strings = token_strings(tok, len(tok))
+    ascii_ids = [i for i, s in enumerate(strings) if s and s.isascii() and not s.startswith("<|")]
+    hash_ids = [i for i in ascii_ids if "#" in strings[i]]
+    return tok, MarkerTracker(tok, "####"), ascii_ids, hash_ids
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["The answer is 12.\n#### 12", "so:####5", "## ## 5", "#### 1 #### 2", "no marker here", "x ### #"],
+)
+def test_marker_on_smollm2_tokenization(smol_tracker, text):
+    tok, tracker, _, _ = smol_tracker
+    ids = tok.encode(text, add_special_tokens=False)
+    flags = tracker.scan(torch.tensor([ids]))[0].tolist()
+    assert flags == ["####" in tok.decode(ids[: t + 1]) for t in range(len(ids))]
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_marker_random_smollm2_token_sequences(smol_tracker, data):
+    tok, tracker, ascii_ids, hash_ids = smol_tracker
+    ids = data.draw(st.lists(st.sampled_from(hash_ids) | st.sampled_from(ascii_ids), min_size=1, max_size=20))
+    flags = tracker.scan(torch.tensor([ids]))[0].tolist()
+    assert flags == ["####" in tok.decode(ids[: t + 1]) for t in range(len(ids))]
