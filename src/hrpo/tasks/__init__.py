@@ -1,0 +1,57 @@
+"""Tasks (data sets with a grader) and a registry to look them up by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from hrpo.tasks.arithmetic import ArithmeticTask
+from hrpo.tasks.base import DEFAULT_MARKER, Task, TaskReward, clean_answer, completion_text, parse_integer
+from hrpo.tasks.gsm8k import GSM8KTask
+
+_REGISTRY: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(name: str, factory: Callable[..., Task], *, overwrite: bool = False) -> None:
+    """Make ``get_task(name, **kwargs)`` call ``factory(**kwargs)``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a task name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"the factory for task {name!r} is not callable")
+    # Silently replacing a task would change what a config name means.
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"task {name!r} is already registered (pass overwrite=True to replace it)")
+    _REGISTRY[name] = factory
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """A new task by registered name; unknown names raise ``KeyError`` listing the known ones."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks()) or '(none)'}")
+    task = _REGISTRY[name](**kwargs)
+    if not isinstance(task, Task):
+        raise TypeError(f"the factory for task {name!r} returned {type(task).__name__}, not a Task")
+    return task
+
+
+def list_tasks() -> list[str]:
+    """Registered task names, sorted."""
+    return sorted(_REGISTRY)
+
+
+register_task("arithmetic", ArithmeticTask)
+register_task("gsm8k", GSM8KTask)
+
+__all__ = [
+    "DEFAULT_MARKER",
+    "ArithmeticTask",
+    "GSM8KTask",
+    "Task",
+    "TaskReward",
+    "clean_answer",
+    "completion_text",
+    "get_task",
+    "list_tasks",
+    "parse_integer",
+    "register_task",
+]

@@ -1,0 +1,224 @@
+"""The task API: prompts, references and the HRPO outcome reward for one data set.
+
+A task turns a data set into rows for training or evaluation (``prompt`` in TRL's conversational
+format plus the reference ``answer``) and grades completions. Grading follows the paper's rule:
+the answer is the text after the LAST answer marker, and the training reward additionally
+requires the marker to appear exactly once. Graders see raw model output, so they are written to
+run in linear time and never to execute or ``eval()`` anything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+DEFAULT_MARKER = "####"
+
+Row = dict[str, Any]
+Messages = list[dict[str, Any]]
+
+# Markdown/LaTeX dressing a model puts around a final answer; a trailing period ends the sentence.
+_LEAD_STRIP = " \t\r\n\f\v*$"
+_TRAIL_STRIP = " \t\r\n\f\v*$."
+
+# First integer-looking number: "1,234" (grouped by thousands) or plain digits, with an optional
+# fraction that must be all zeros. The look-behind keeps ".5" and "1.5" from yielding 5.
+_NUMBER_RE = re.compile(r"(?<![\d.])(-?)(\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+)(?:\.(\d+))?")
+# Beyond this many digits no reference can match, and int() itself refuses past ~4300 digits.
+_MAX_DIGITS = 1000
+
+
+def format_instruction(marker: str = DEFAULT_MARKER, answer_format: str = "") -> str:
+    """The system prompt asking for ``{reasoning} {marker} {answer}``; ``answer_format`` is appended."""
+    text = (
+        "You are a helpful assistant. First reason through the problem step by step. "
+        f"Then write the final answer after the marker {marker}, so that your reply has the form: "
+        f"<reasoning> {marker} <answer>. Write {marker} exactly once, followed only by the final answer."
+    )
+    return f"{text} {answer_format}".strip()
+
+
+def clean_answer(text: str) -> str:
+    """Strip whitespace, ``$``, ``**`` and a trailing period from around an answer."""
+    # One pass each way: str.strip with a character set is linear however the dressing is nested.
+    return text.lstrip(_LEAD_STRIP).rstrip(_TRAIL_STRIP)
+
+
+def parse_integer(text: str) -> int | None:
+    """The first integer-looking number in ``text`` ("1,234" and "42.0" accepted), else None.
+
+    A first number with a non-zero fraction ("3.5") gives None rather than a later number, so a
+    hedged answer is not rescued by whatever integer follows it.
+    """
+    if not isinstance(text, str):
+        return None
+    m = _NUMBER_RE.search(text)
+    if m is None:
+        return None
+    sign, digits, fraction = m.groups()
+    if fraction is not None and fraction.strip("0"):
+        return None
+    digits = digits.replace(",", "")
+    if len(digits) > _MAX_DIGITS:
+        return None
+    return -int(digits) if sign else int(digits)
+
+
+def completion_text(completion: Any) -> str | None:
+    """The text of one completion: a string, or TRL's ``[{"role": "assistant", "content": ...}]``.
+
+    Content given as a list of parts (``[{"type": "text", "text": ...}]``) is joined. Anything
+    else gives None, which every grader scores 0.
+    """
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    if not isinstance(completion, Sequence) or not completion:
+        return None
+    messages = [m for m in completion if isinstance(m, dict)]
+    assistant = [m for m in messages if m.get("role") == "assistant"] or messages
+    if not assistant:
+        return None
+    content = assistant[-1].get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict)]
+        return "".join(p for p in parts if isinstance(p, str))
+    return None
+
+
+class Task:
+    """One data set: rows with ``prompt`` and ``answer`` columns, and a grader for completions.
+
+    Subclasses set ``name`` (and optionally ``splits`` and ``answer_format``, a sentence added to
+    the system prompt), implement :meth:`_load`, and override :meth:`is_correct` when exact string
+    equality is not the right comparison.
+    """
+
+    name: str = "task"
+    splits: tuple[str, ...] = ("train", "test")
+    answer_format: str = ""
+
+    def __init__(self, *, marker: str = DEFAULT_MARKER, system_prompt: str | None = None) -> None:
+        if not isinstance(marker, str) or not marker.strip():
+            raise ValueError(f"marker must be a non-empty string, got {marker!r}")
+        self.marker = marker
+        self.system_prompt = (
+            format_instruction(marker, self.answer_format) if system_prompt is None else system_prompt
+        )
+        # A prompt that never shows the marker makes every reward 0: catch it before training.
+        if marker not in self.system_prompt:
+            raise ValueError(f"system_prompt must mention the answer marker {marker!r}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, marker={self.marker!r})"
+
+    # --- data -----------------------------------------------------------------------------------
+
+    def load(self, split: str, *, limit: int | None = None) -> list[Row]:
+        """Rows of ``split`` (at most ``limit``), each with at least ``prompt`` and ``answer``."""
+        if split not in self.splits:
+            raise ValueError(f"{self.name} has no split {split!r}; splits: {', '.join(self.splits)}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+        return self._load(split, limit)
+
+    def _load(self, split: str, limit: int | None) -> list[Row]:
+        raise NotImplementedError(f"{type(self).__name__} must implement _load(split, limit)")
+
+    def make_prompt(self, question: str) -> Messages:
+        """Chat messages (system prompt, then ``question`` as the user turn) for one problem."""
+        return [
+            {"role": "system", "content": self.system_prompt},
+            {"role": "user", "content": question},
+        ]
+
+    # --- grading --------------------------------------------------------------------------------
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The cleaned text after the last marker, or None when there is no marker."""
+        if not isinstance(completion, str):
+            return None
+        at = completion.rfind(self.marker)
+        if at < 0:
+            return None
+        return clean_answer(completion[at + len(self.marker) :])
+
+    def is_correct(self, predicted: str, reference: str) -> bool:
+        """Whether an extracted answer matches the reference; must not raise on any string."""
+        return predicted == clean_answer(reference)
+
+    def score(self, completion: str, reference: str, *, strict_format: bool = False) -> float:
+        """1.0 if the answer after the last marker is correct, else 0.0.
+
+        With ``strict_format`` (the paper's training reward) the completion must also contain the
+        marker exactly once.
+        """
+        if not isinstance(completion, str) or not isinstance(reference, str):
+            return 0.0
+        if strict_format and completion.count(self.marker) != 1:
+            return 0.0
+        predicted = self.extract_answer(completion)
+        if predicted is None:
+            return 0.0
+        return 1.0 if self.is_correct(predicted, reference) else 0.0
+
+    def reward_function(self, strict_format: bool = True) -> Callable[..., list[float]]:
+        """A TRL reward function ``f(prompts, completions, **columns)`` reading ``columns["answer"]``."""
+        return TaskReward(self, strict_format=strict_format)
+
+    def format_score(self, completion: str) -> float:
+        """1.0 if the completion has the marker exactly once with a non-empty answer after it."""
+        if not isinstance(completion, str) or completion.count(self.marker) != 1:
+            return 0.0
+        return 1.0 if self.extract_answer(completion) else 0.0
+
+    def format_reward_function(self) -> Callable[..., list[float]]:
+        """A shaping reward for the output format alone (not in the paper; see ``format_reward_weight``)."""
+        return FormatReward(self)
+
+
+class FormatReward:
+    """A task's format reward as a picklable callable named ``<task>_format``."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.__name__ = f"{task.name}_format"
+
+    def __call__(
+        self, prompts: Sequence[Any] | None, completions: Sequence[Any], **columns: Any
+    ) -> list[float]:
+        return [self.task.format_score(completion_text(c) or "") for c in completions]
+
+
+class TaskReward:
+    """A task's accuracy reward as a picklable callable with a ``__name__`` (TRL's metric name)."""
+
+    def __init__(self, task: Task, *, strict_format: bool = True) -> None:
+        self.task = task
+        self.strict_format = strict_format
+        self.__name__ = f"{task.name}_accuracy"
+
+    def __repr__(self) -> str:
+        return f"TaskReward({self.task!r}, strict_format={self.strict_format})"
+
+    def __call__(
+        self, prompts: Sequence[Any] | None, completions: Sequence[Any], **columns: Any
+    ) -> list[float]:
+        if "answer" not in columns:
+            raise KeyError(f"{self.__name__} needs the 'answer' column; got columns {sorted(columns)}")
+        references = columns["answer"]
+        if len(references) != len(completions):
+            raise ValueError(f"{len(completions)} completions but {len(references)} answers")
+        rewards = []
+        for completion, reference in zip(completions, references, strict=True):
+            text = completion_text(completion)
+            ref = reference if isinstance(reference, str) else None if reference is None else str(reference)
+            if text is None or ref is None:
+                rewards.append(0.0)
+            else:
+                rewards.append(self.task.score(text, ref, strict_format=self.strict_format))
+        return rewards
