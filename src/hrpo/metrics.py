@@ -1,0 +1,296 @@
+"""Per-step training metrics: a crash-safe ``metrics.jsonl`` plus optional TensorBoard/W&B/Trackio.
+
+The JSONL file is the source of truth (``hrpo plot`` reads it); the dashboards are mirrors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+KNOWN_BACKENDS = ("tensorboard", "wandb", "trackio", "none")
+INSTALL_HINTS = {
+    "tensorboard": "pip install 'hrpo[tensorboard]'",
+    "wandb": "pip install 'hrpo[wandb]'",
+    "trackio": "pip install trackio",
+}
+# Lets a resumed W&B run continue the same dashboard run instead of starting a new one.
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _to_float(key: str, value: Any) -> float:
+    try:
+        return float(value)  # also accepts 0-d tensors and numpy scalars
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metric {key!r} must be a number, got {type(value).__name__}: {value!r}") from exc
+
+
+def _jsonable(value: Any) -> Any:
+    """Recursively make ``value`` strict-JSON safe: non-finite floats become null, odd types str."""
+    if isinstance(value, float):
+        return _finite_or_none(value)
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return _jsonable(value.item())  # tensor / numpy scalar
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    return str(value)
+
+
+def _dumps(record: Mapping[str, Any]) -> str:
+    # allow_nan=False turns any NaN that slipped through into an error instead of invalid JSON.
+    return json.dumps(_jsonable(record), ensure_ascii=False, allow_nan=False)
+
+
+def parse_report_to(report_to: list[str] | tuple[str, ...] | str | None) -> list[str]:
+    """Normalise ``report_to`` (None, ``"none"``, ``"a,b"`` or a list) to a list of backend names."""
+    if report_to is None:
+        return []
+    names = report_to.split(",") if isinstance(report_to, str) else list(report_to)
+    names = [str(n).strip().lower() for n in names if str(n).strip()]
+    unknown = [n for n in names if n not in KNOWN_BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown report_to backend(s) {unknown}; known: {', '.join(KNOWN_BACKENDS)}")
+    if "none" in names and len(names) > 1:
+        raise ValueError(f"report_to 'none' cannot be combined with other backends: {names}")
+    return list(dict.fromkeys(n for n in names if n != "none"))
+
+
+def _import_backend(name: str, module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"report_to={name!r} needs the {name} package, which is not installed: {INSTALL_HINTS[name]}"
+        ) from exc
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of ``path`` up to the first corrupt line (warned about: a killed writer's half line)."""
+    records: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                warnings.warn(
+                    f"{path}: line {lineno} is corrupt ({exc}); using the {len(records)} records before it",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                break
+            records.append(record)
+    return records
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Records of ``run_dir/metrics.jsonl`` (or of the given ``.jsonl`` file); null values stay None."""
+    path = Path(run_dir)
+    if path.is_dir() or path.suffix != ".jsonl":
+        path = path / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics file at {path}")
+    return _read_jsonl(path)
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Atomically drop the records of ``path`` logged after ``step`` (and any corrupt tail)."""
+    if not path.exists():
+        return
+    kept = [r for r in _read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= step]
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.writelines(_dumps(r) + "\n" for r in kept)
+            fh.flush()
+            os.fsync(fh.fileno())
+        shutil.copymode(path, tmp)  # mkstemp creates 0600; keep the original permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class MetricsLogger:
+    """Writes per-step metrics of one run to ``run_dir/metrics.jsonl`` and the chosen dashboards.
+
+    A fresh run (``resume_step=None``) starts the files anew; a resumed run keeps the lines up to
+    ``resume_step`` so its files end up equal to an uninterrupted run's. Only the main process
+    writes; on the others every method is a no-op.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        report_to: list[str] | str | None = None,
+        config: dict | None = None,
+        resume_step: int | None = None,
+        is_main_process: bool = True,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.backends = parse_report_to(report_to)  # validated on every rank: a typo fails everywhere
+        self.resume_step = resume_step
+        self.is_main_process = is_main_process
+        self.metrics_path = self.run_dir / METRICS_FILE
+        self.samples_path = self.run_dir / SAMPLES_FILE
+        self._metrics_fh: TextIO | None = None
+        self._samples_fh: TextIO | None = None
+        self._tb_writer: Any = None
+        self._wandb: Any = None
+        self._wandb_run: Any = None
+        self._trackio: Any = None
+        self._closed = False
+        if not is_main_process:
+            return
+
+        # Import every backend before touching any file, so a missing package fails fast and clean.
+        modules = {
+            name: _import_backend(name, module)
+            for name, module in (
+                ("tensorboard", "torch.utils.tensorboard"),
+                ("wandb", "wandb"),
+                ("trackio", "trackio"),
+            )
+            if name in self.backends
+        }
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            # A fresh run must not inherit an earlier run's lines (the trainer decides about reuse).
+            self.samples_path.unlink(missing_ok=True)
+            self._metrics_fh = self.metrics_path.open("w", encoding="utf-8")
+        else:
+            _truncate_after(self.metrics_path, resume_step)
+            _truncate_after(self.samples_path, resume_step)
+            self._metrics_fh = self.metrics_path.open("a", encoding="utf-8")
+
+        try:
+            self._start_backends(modules, config or {})
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_backends(self, modules: dict[str, Any], config: dict) -> None:
+        if "tensorboard" in modules:
+            # purge_step makes TensorBoard hide the events a crashed run wrote after the checkpoint.
+            purge = None if self.resume_step is None else self.resume_step + 1
+            self._tb_writer = modules["tensorboard"].SummaryWriter(
+                log_dir=str(self.run_dir / "tensorboard"), purge_step=purge
+            )
+            if config:
+                text = json.dumps(_jsonable(config), indent=2)
+                self._tb_writer.add_text("config", f"```\n{text}\n```", 0)
+        if "wandb" in modules:
+            self._wandb = modules["wandb"]
+            id_file = self.run_dir / WANDB_ID_FILE
+            if self.resume_step is not None and id_file.exists():
+                run_id = id_file.read_text().strip()
+            else:
+                run_id = uuid.uuid4().hex[:8]
+                id_file.write_text(run_id + "\n")
+            self._wandb_run = self._wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "hrpo"),
+                name=self.run_dir.name,
+                id=run_id,
+                resume="allow",
+                dir=str(self.run_dir),
+                config=_jsonable(config),
+            )
+        if "trackio" in modules:
+            self._trackio = modules["trackio"]
+            self._trackio.init(
+                project=os.environ.get("TRACKIO_PROJECT", "hrpo"),
+                name=self.run_dir.name,
+                config=_jsonable(config),
+                resume="never" if self.resume_step is None else "allow",
+            )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("MetricsLogger is closed")
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Append one ``{"step": step, **metrics}`` line (non-finite values as null) and mirror it."""
+        self._check_open()
+        if not self.is_main_process:
+            return
+        if "step" in metrics:
+            raise ValueError("'step' is passed as its own argument, not inside metrics")
+        values = {key: _to_float(key, value) for key, value in metrics.items()}
+        step = int(step)
+        assert self._metrics_fh is not None
+        record = {"step": step, **{k: _finite_or_none(v) for k, v in values.items()}}
+        self._metrics_fh.write(_dumps(record) + "\n")
+        self._metrics_fh.flush()  # a killed run keeps every line logged before the kill
+
+        if self._tb_writer is not None:
+            for key, value in values.items():
+                self._tb_writer.add_scalar(key, value, step)
+            self._tb_writer.flush()
+        if self._wandb is not None:
+            self._wandb.log(values, step=step)
+        if self._trackio is not None:
+            self._trackio.log(values, step=step)
+
+    def log_samples(self, step: int, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append ``{"step": step, **row}`` lines (prompt, completion, reward…) to ``samples.jsonl``."""
+        self._check_open()
+        if not self.is_main_process:
+            return
+        if self._samples_fh is None:
+            # Opened lazily: runs that never log samples get no empty samples file.
+            self._samples_fh = self.samples_path.open("a", encoding="utf-8")
+        step = int(step)
+        self._samples_fh.writelines(_dumps({"step": step, **row}) + "\n" for row in rows)
+        self._samples_fh.flush()
+
+    def close(self) -> None:
+        """Flush and close the files and dashboards; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for fh in (self._metrics_fh, self._samples_fh):
+            if fh is not None:
+                fh.close()
+        if self._tb_writer is not None:
+            self._tb_writer.close()
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+        if self._trackio is not None:
+            self._trackio.finish()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
