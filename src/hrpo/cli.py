@@ -84,13 +84,57 @@ def _model_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_model)
 
 
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    from hrpo.config import describe_fields
+
+    p = sub.add_parser(
+        "train",
+        help="train a model with HRPO (or GRPO with hybrid=false)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train with HRPO: hybrid rollouts, group-relative advantages, k3-KL-regularised policy "
+        "loss, LoRA + gate updates. Settings come from --config (YAML) with KEY=VALUE overrides on top; "
+        "held-out accuracy is printed before and after training.",
+        epilog="config keys (KEY=VALUE, values parsed as YAML):\n" + describe_fields(),
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. learning_rate=1e-4"
+    )
+    p.add_argument("--config", default=None, help="YAML config file (e.g. configs/quickstart.yaml)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from the latest checkpoint in output_dir, or from the checkpoint directory given",
+    )
+    p.add_argument("--no-plots", action="store_true", help="do not write PNG curves at the end")
+    p.set_defaults(func=_cmd_train)
+
+
+def _plot_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="write PNG training curves of one run, or of several runs overlaid",
+        description="Read RUN_DIR/metrics.jsonl and draw reward, hidden ratio, completion length, KL and "
+        "the other logged metrics. With several run directories, the runs are overlaid for comparison.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training output directories")
+    p.add_argument("--output", default=None, help="PNG file or directory (default: RUN_DIR/plots/)")
+    p.add_argument("--labels", nargs="+", default=None, help="legend labels, one per run (several runs only)")
+    p.add_argument("--per-metric", action="store_true", help="also write one PNG per metric (single run)")
+    p.set_defaults(func=_cmd_plot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hrpo", description="Hybrid Reasoning Policy Optimization for Hugging Face causal LMs."
     )
     parser.add_argument("--version", action="version", version=f"hrpo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _train_parser(sub)
     _generate_parser(sub)
+    _plot_parser(sub)
     _model_parser(sub)
     return parser
 
@@ -110,6 +154,66 @@ def _cmd_model(args: argparse.Namespace) -> int:
     print(f"dtype:      {model.dtype}")
     print(f"eos / pad:  {tok.eos_token!r} ({tok.eos_token_id}) / {tok.pad_token!r} ({tok.pad_token_id})")
     print(f"chat:       {'yes' if tok.chat_template else 'no'}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from hrpo.plotting import plot_run, plot_runs
+
+    if len(args.run_dirs) == 1:
+        paths = plot_run(args.run_dirs[0], args.output, per_metric=args.per_metric)
+    else:
+        paths = plot_runs(args.run_dirs, args.labels, args.output)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _print_eval(label: str, result: dict | None) -> None:
+    if result is not None:
+        print(
+            f"{label:>7}: accuracy {result['accuracy']:.3f} on {result['num_examples']} held-out problems "
+            f"(mean length {result['completion_length']:.0f} tokens, hidden ratio {result['hidden_ratio']:.3f})"
+        )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from hrpo.config import load_config
+    from hrpo.trainer import HRPOTrainer, TrainingInterrupted
+
+    cfg = load_config(args.config, args.overrides)
+    start = time.perf_counter()
+    trainer = HRPOTrainer(cfg)
+    main_process = trainer.accelerator.is_main_process
+    out = trainer.output_dir
+    before = trainer.evaluate("eval before") if not args.resume else None
+    try:
+        trainer.train(resume_from_checkpoint=args.resume)
+    except TrainingInterrupted as stop:
+        if main_process:
+            print(f"hrpo train: interrupted after step {stop.step}; checkpoint saved to {stop.checkpoint}")
+            print(
+                f"resume with: hrpo train --config {args.config or '...'} --resume {' '.join(args.overrides)}"
+            )
+        return 130
+    after = trainer.evaluate("eval after")
+    if not main_process:
+        return 0
+    for name, result in (("before", before), ("after", after)):
+        if result is not None:
+            (out / f"eval_{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    plots = []
+    if not args.no_plots:
+        from hrpo.plotting import plot_run
+
+        plots = plot_run(out)
+    minutes = (time.perf_counter() - start) / 60
+    print(f"hrpo train: {trainer.step} steps in {minutes:.1f} min ({'HRPO' if cfg.hybrid else 'GRPO'})")
+    _print_eval("before", before)
+    _print_eval("after", after)
+    print(f"run:     {out.resolve()}  (metrics.jsonl, samples.jsonl, config.yaml, checkpoints/)")
+    for path in plots:
+        print(f"plot:    {path}")
     return 0
 
 
@@ -177,8 +281,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one clear line for expected failures; the traceback with HRPO_DEBUG=1
         from hrpo.loading import ModelNotFoundError
         from hrpo.prompts import PromptTooLongError
+        from hrpo.reward import RewardFunctionError
 
-        if isinstance(exc, (ModelNotFoundError, PromptTooLongError, ValueError)) and not _debug():
+        expected = (
+            ModelNotFoundError,
+            PromptTooLongError,
+            ValueError,
+            RewardFunctionError,
+            FileNotFoundError,
+        )
+        if isinstance(exc, expected) and not _debug():
             print(f"hrpo {args.command}: {exc}", file=sys.stderr)
             return 1
         raise

@@ -188,7 +188,26 @@ class HybridModel(nn.Module):
         logprobs = torch.cat(out, dim=1) * completion_mask
         return logprobs, a
 
+    def forward(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`completion_logprobs`; a ``forward`` so that DDP/FSDP wrappers see the call."""
+        return self.completion_logprobs(*args, **kwargs)
+
     # -- persistence ---------------------------------------------------------------------------
+    def write_to(self, directory: str | Path) -> None:
+        """Write adapter (PEFT) or full weights plus the gate into an existing directory."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory, safe_serialization=True)
+        state = {k: v.detach().float().cpu().contiguous() for k, v in self.gate.state_dict().items()}
+        save_file(state, str(directory / GATE_WEIGHTS))
+        meta = {
+            "hidden_size": self.gate.hidden_size,
+            "r_min": self.gate.r_min,
+            "r_max": self.gate.r_max,
+            "c": self.gate.c,
+            "adapter": isinstance(self.model, PeftModel),
+        }
+        (directory / GATE_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+
     def save_pretrained(self, path: str | Path) -> Path:
         """Write adapter (PEFT) or full weights, plus the gate, to ``path`` atomically.
 
@@ -197,18 +216,31 @@ class HybridModel(nn.Module):
         """
         path = Path(path)
         with atomic_directory(path) as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
-            state = {k: v.detach().float().cpu().contiguous() for k, v in self.gate.state_dict().items()}
-            save_file(state, str(tmp / GATE_WEIGHTS))
-            meta = {
-                "hidden_size": self.gate.hidden_size,
-                "r_min": self.gate.r_min,
-                "r_max": self.gate.r_max,
-                "c": self.gate.c,
-                "adapter": isinstance(self.model, PeftModel),
-            }
-            (tmp / GATE_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+            self.write_to(tmp)
         return path
+
+    def load_trainable_state(self, directory: str | Path) -> None:
+        """Load into this model the adapter (or full) weights and gate written by :meth:`write_to`."""
+        directory = Path(directory)
+        self.gate.load_state_dict(load_file(str(directory / GATE_WEIGHTS), device=str(self.device)))
+        if isinstance(self.model, PeftModel):
+            from peft import set_peft_model_state_dict
+
+            weights = load_file(str(directory / "adapter_model.safetensors"), device=str(self.device))
+            result = set_peft_model_state_dict(self.model, weights)
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(
+                    f"{directory}: adapter weights do not fit this model: {result.unexpected_keys[:3]}"
+                )
+        else:
+            from transformers.modeling_utils import load_sharded_checkpoint
+
+            if (directory / "model.safetensors").is_file():
+                self.model.load_state_dict(
+                    load_file(str(directory / "model.safetensors"), device=str(self.device)), strict=False
+                )
+            else:
+                load_sharded_checkpoint(self.model, str(directory))
 
     @classmethod
     def from_pretrained(

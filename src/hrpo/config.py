@@ -1,0 +1,301 @@
+"""One configuration dataclass for an HRPO (or GRPO) training run.
+
+Field names follow TRL's ``GRPOConfig`` where TRL has the concept. Load from YAML with
+command-line overrides (``key=value``, values parsed as YAML)::
+
+    cfg = load_config("configs/quickstart.yaml", ["learning_rate=1e-4", "hybrid=false"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names it."""
+
+
+@dataclass
+class HRPOConfig:
+    # ---- model -------------------------------------------------------------------------------
+    model_name_or_path: str | None = None
+    """Local directory or hub id; None: the embedded SmolLM2-135M-Instruct."""
+    dtype: str = "auto"
+    """Weights dtype: "auto" (bfloat16 on a GPU that supports it, else float32), "float32", "bfloat16"."""
+
+    # ---- task --------------------------------------------------------------------------------
+    task: str = "arithmetic"
+    """Registered task (hrpo.tasks) supplying prompts, references and the reward."""
+    task_args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the task's constructor (e.g. ``{difficulty: 2}`` for arithmetic)."""
+    eval_limit: int = 100
+    """Held-out problems scored (greedy) before and after training; 0 skips the evaluation."""
+    eval_batch_size: int = 50
+    """Prompts per batch during evaluation."""
+
+    # ---- rollouts (spec §2) ------------------------------------------------------------------
+    num_generations: int = 4
+    """G: completions per prompt; advantages are normalised within each prompt's group."""
+    max_prompt_length: int = 512
+    """Longer prompts raise an error naming the row."""
+    max_completion_length: int = 512
+    """New-token limit of a rollout."""
+    temperature: float = 0.5
+    """τ: rollout sampling temperature; also the temperature of p in the latent h = Eᵀp/‖p‖₂."""
+    top_k: int | None = 50
+    """Top-k restriction of the sampler and of p in the latent (None: full vocabulary)."""
+    top_p: float = 1.0
+    """Nucleus restriction after top-k (1.0: off)."""
+    hybrid: bool = True
+    """True: HRPO (gated latent inputs while thinking). False: plain GRPO, everything else identical."""
+    answer_marker: str = "####"
+    """The thinking phase ends once this string has appeared in the completion."""
+    generation_batch_size: int | None = None
+    """Prompts per rollout call (each with its G completions); None: all of a process's prompts of a step.
+    Rollouts are seeded per call from (seed, step, global call index), so results do not depend on
+    how many processes share the work as long as this is the same."""
+    r_min: float = 0.99
+    """Initial decay a = exp(−c·softplus(Λ)) is drawn from U[r_min, r_max] per dimension."""
+    r_max: float = 0.999
+
+    # ---- objective (spec §3) -----------------------------------------------------------------
+    beta: float = 0.005
+    """β of the k3 KL penalty against the reference model (base weights, adapters off, token ids)."""
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = "grpo"
+    """Token aggregation: per-sequence mean then mean (paper), Dr. GRPO constant, or token-level mean."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Advantage scaling: (R − mean_group) / (std + 1e-4) with the group's std, the batch's, or none."""
+    epsilon: float = 0.2
+    """Lower (and default upper) clip range of the ratio exp(ℓ − ℓ_old); active when num_iterations > 1."""
+    epsilon_high: float | None = None
+    """Upper clip range (DAPO's clip-higher); None: same as epsilon."""
+    num_iterations: int = 1
+    """Optimiser passes over each rollout batch (μ). 1 is the paper (ratio ≡ 1, no clipping)."""
+    loss_temperature: float | None = None
+    """Temperature of the log-probs in the loss; None: the rollout temperature. The reference code used 1.0."""
+    reward_weights: list[float] | None = None
+    """Weights of the reward functions (default: all 1)."""
+    strict_format: bool = True
+    """Reward 0 unless the completion contains the answer marker exactly once (spec §3)."""
+    format_reward_weight: float = 0.0
+    """Weight of an extra format-only reward (marker exactly once, then an answer); 0: the paper's
+    single binary reward. Helps very small models that rarely produce a well-formed answer."""
+
+    # ---- parameters and optimiser (spec §4) -------------------------------------------------
+    use_lora: bool = True
+    """LoRA through PEFT; False: full fine-tuning (needs a copy of the model as reference if beta > 0)."""
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    learning_rate: float = 5e-6
+    """Learning rate of LoRA (or all model) weights."""
+    gate_learning_rate: float = 1e-4
+    """Learning rate of the gate linears W_r, W_i and their biases."""
+    lambda_learning_rate: float = 1e-3
+    """Learning rate of Λ."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied to every group (the paper decays Λ too)."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    warmup_ratio: float = 0.1
+    lr_scheduler_type: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = 0.1
+    per_device_train_batch_size: int = 8
+    """Completions per micro-batch (forward + backward)."""
+    gradient_accumulation_steps: int = 4
+    """Micro-batches per optimiser step. Completions per step = this × per_device_train_batch_size × processes."""
+    max_steps: int = -1
+    """Optimiser steps; -1: num_train_epochs over the task's training split."""
+    num_train_epochs: float = 1.0
+    gradient_checkpointing: bool = False
+    logit_chunk_size: int = 128
+    """Positions per output-head chunk when computing log-probs (bounds float32 logits memory)."""
+
+    # ---- run ---------------------------------------------------------------------------------
+    output_dir: str = "runs/hrpo"
+    seed: int = 42
+    save_steps: int = 50
+    """Checkpoint every this many steps (and at the end); 0: only at the end."""
+    save_total_limit: int = 3
+    """Checkpoints kept (oldest deleted first)."""
+    logging_steps: int = 1
+    log_completions_steps: int = 10
+    """Write sample completions to samples.jsonl every this many steps (0: never)."""
+    report_to: list[str] = field(default_factory=list)
+    """Extra metric sinks: "tensorboard", "wandb", "trackio" (metrics.jsonl is always written)."""
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        checks = [
+            (
+                self.num_generations >= 2,
+                "num_generations must be >= 2 (advantages compare completions of a group)",
+            ),
+            (self.temperature > 0, "temperature must be > 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (0 < self.r_min <= self.r_max < 1, "need 0 < r_min <= r_max < 1"),
+            (self.beta >= 0, "beta must be >= 0"),
+            (self.num_iterations >= 1, "num_iterations must be >= 1"),
+            (self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1"),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.max_completion_length >= 1, "max_completion_length must be >= 1"),
+            (bool(self.answer_marker), "answer_marker must not be empty"),
+            (
+                self.dtype in ("auto", "float32", "bfloat16", "float16"),
+                "dtype must be auto/float32/bfloat16/float16",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        for sink in self.report_to:
+            if sink not in ("tensorboard", "wandb", "trackio", "none"):
+                raise ConfigError(
+                    f"report_to: unknown sink {sink!r} (known: tensorboard, wandb, trackio, none)"
+                )
+
+    def completions_per_step(self, num_processes: int = 1) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * num_processes
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _fields() -> dict[str, Any]:
+    hints = typing.get_type_hints(HRPOConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(HRPOConfig)}
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, t) for t in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Accept ints for float fields, and '1e-4' (which YAML 1.1 reads as a string) as a float."""
+    wants_float = tp is float or typing.get_args(tp) == (float, type(None))
+    if wants_float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if wants_float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _check_types(cfg: HRPOConfig) -> None:
+    for name, tp in _fields().items():
+        value = _coerce(getattr(cfg, name), tp)
+        if not _matches(value, tp):
+            raise ConfigError(f"config key {name!r}: expected {_describe(tp)}, got {value!r}")
+        setattr(cfg, name, value)
+
+
+def _unknown(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(_fields()), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r} in {where}{hint}")
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` → dict, each value parsed as YAML (``1e-4``, ``false``, ``[a, b]``)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        if key not in _fields():
+            raise _unknown(key, "the command line")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> HRPOConfig:
+    """Config from a YAML file (optional) with ``key=value`` overrides applied on top."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of config keys, got {type(loaded).__name__}")
+        for key in loaded:
+            if key not in _fields():
+                raise _unknown(key, str(path))
+        values.update(loaded)
+    values.update(parse_overrides(overrides or []))
+    return HRPOConfig(**values)
+
+
+def field_docs() -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body), for ``--help``."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(HRPOConfig)))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:] + [None], strict=True):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            is_doc = isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant)
+            docs[node.target.id] = " ".join(nxt.value.value.split()) if is_doc else ""
+    return docs
+
+
+def describe_fields() -> str:
+    """A text table of every config key: name, default and meaning."""
+    lines = []
+    docs = field_docs()
+    for f in dataclasses.fields(HRPOConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"  {f.name} = {default!r}")
+        if docs.get(f.name):
+            lines.append(f"      {docs[f.name]}")
+    return "\n".join(lines)

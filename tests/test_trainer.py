@@ -1,0 +1,190 @@
+import json
+
+import pytest
+import torch
+
+from hrpo.config import HRPOConfig
+from hrpo.reward import RewardFunctionError
+from hrpo.trainer import HRPOTrainer, TrainingInterrupted, latest_checkpoint
+
+ROWS = [{"prompt": f"what is {i} + {i + 1} ?", "answer": str(2 * i + 1)} for i in range(24)]
+
+
+def hash_reward(prompts, completions, answer, **kw):
+    return [min(c.count("#"), 3) / 3 + 0.1 * (len(c) % 3) for c in completions]
+
+
+def config(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path / "run"),
+        max_steps=3,
+        num_generations=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_completion_length=8,
+        temperature=1.0,
+        learning_rate=1e-2,
+        gate_learning_rate=1e-2,
+        lambda_learning_rate=1e-1,
+        eval_limit=0,
+        lora_r=4,
+        lora_alpha=8,
+        save_steps=2,
+        seed=0,
+        warmup_ratio=0.0,
+    )
+    base.update(kw)
+    return HRPOConfig(**base)
+
+
+def trainer(tmp_path, make_model, tok, reward=hash_reward, callbacks=(), **kw):
+    return HRPOTrainer(
+        config(tmp_path, **kw),
+        train_dataset=ROWS,
+        reward_funcs=[reward],
+        model=make_model("qwen2"),
+        tokenizer=tok,
+        callbacks=callbacks,
+        progress=False,
+    )
+
+
+def test_parameter_groups_have_their_own_learning_rates(tmp_path, make_model, tok):
+    tr = trainer(
+        tmp_path,
+        make_model,
+        tok,
+        learning_rate=1e-5,
+        gate_learning_rate=2e-4,
+        lambda_learning_rate=3e-3,
+        lr_scheduler_type="constant",
+    )
+    groups = {g["name"]: g for g in tr.optimizer.param_groups}
+    assert {k: g["lr"] for k, g in groups.items()} == {"lora": 1e-5, "gate": 2e-4, "lambda": 3e-3}
+    assert all("lora_" in n for n, p in tr.model.model.named_parameters() if p.requires_grad)
+    assert groups["lambda"]["params"] == [tr.model.gate.Lambda]
+    assert len(groups["gate"]["params"]) == 4 and all(g["weight_decay"] == 0.1 for g in groups.values())
+
+
+def test_a_step_moves_gate_lambda_and_lora_but_not_the_base(tmp_path, make_model, tok):
+    tr = trainer(tmp_path, make_model, tok)
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    metrics = tr.train_step(0)
+    assert tr.last_step["advantages"].abs().sum() > 0
+    changed = {n for n, p in tr.model.named_parameters() if not torch.equal(p, before[n])}
+    assert "gate.Lambda" in changed and "gate.gate_r.weight" in changed and "gate.gate_i.weight" in changed
+    assert any("lora_B" in n for n in changed) and any("lora_A" in n for n in changed)
+    assert all("lora_" in n or n.startswith("gate.") for n in changed)  # frozen base untouched
+    for key in (
+        "loss",
+        "reward",
+        "reward_std",
+        "rewards/hash_reward",
+        "kl",
+        "completion_length",
+        "embeds_ratio",
+        "hidden_ratio",
+        "lr/lora",
+        "lr/gate",
+        "lr/lambda",
+        "grad_norm",
+        "rollout_tokens_per_s",
+        "step_time",
+    ):
+        assert key in metrics and metrics[key] == metrics[key], key
+
+
+def test_grpo_baseline_has_no_thinking_inputs_and_a_frozen_gate(tmp_path, make_model, tok):
+    tr = trainer(tmp_path, make_model, tok, hybrid=False)
+    assert [g["name"] for g in tr.optimizer.param_groups] == ["lora"]
+    gate_before = {k: v.clone() for k, v in tr.model.gate.state_dict().items()}
+    metrics = tr.train_step(0)
+    assert metrics["thinking_fraction"] == 0 and metrics["hidden_ratio"] == 0
+    assert all(torch.equal(v, tr.model.gate.state_dict()[k]) for k, v in gate_before.items())
+
+
+@pytest.mark.parametrize("loss_type", ["dr_grpo", "dapo"])
+def test_other_loss_types_and_reused_rollouts_train(tmp_path, make_model, tok, loss_type):
+    tr = trainer(tmp_path, make_model, tok, loss_type=loss_type, num_iterations=2, epsilon_high=0.28)
+    metrics = tr.train_step(0)
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["clip_ratio"] >= 0
+
+
+def strip_timing(lines):
+    drop = {"step_time", "rollout_tokens_per_s"}
+    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines]
+
+
+def test_interrupted_then_resumed_run_logs_the_same_metrics(tmp_path, make_model, tok):
+    full = trainer(tmp_path / "a", make_model, tok, max_steps=4)
+    full.train()
+    reference = strip_timing((tmp_path / "a/run/metrics.jsonl").read_text().splitlines())
+    assert len(reference) == 4
+
+    def ctrl_c_after_step_3(trainer, step, metrics):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    first = trainer(tmp_path / "b", make_model, tok, max_steps=4, callbacks=[ctrl_c_after_step_3])
+    with pytest.raises(TrainingInterrupted) as info:
+        first.train()
+    assert info.value.step == 3 and info.value.checkpoint.name == "step-000003"
+    assert latest_checkpoint(tmp_path / "b/run/checkpoints").name == "step-000003"
+
+    resumed = trainer(tmp_path / "b", make_model, tok, max_steps=4)
+    resumed.train(resume_from_checkpoint=True)
+    got = strip_timing((tmp_path / "b/run/metrics.jsonl").read_text().splitlines())
+    assert got == reference
+    for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q), n
+
+
+def test_checkpoints_are_pruned_and_complete(tmp_path, make_model, tok):
+    tr = trainer(tmp_path, make_model, tok, max_steps=5, save_steps=1, save_total_limit=2)
+    tr.train()
+    ckpts = sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())
+    assert ckpts == ["step-000004", "step-000005"]
+    files = {p.name for p in (tmp_path / "run/checkpoints/step-000005").iterdir()}
+    assert {
+        "adapter_model.safetensors",
+        "hrpo_gate.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pt",
+        "trainer_state.json",
+    } <= files
+    assert (tmp_path / "run/config.yaml").is_file()
+
+
+def test_a_raising_reward_function_is_reported_with_its_input(tmp_path, make_model, tok):
+    def picky(prompts, completions, **kw):
+        return [
+            1 / (len(c) - len(c)) if "what is 2 +" in p[0]["content"] else 0.0
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+
+    rows = [{"prompt": [{"role": "user", "content": f"what is {i} + 1"}], "answer": "x"} for i in range(4)]
+    tr = HRPOTrainer(
+        config(tmp_path),
+        train_dataset=rows,
+        reward_funcs=[picky],
+        model=make_model("qwen2"),
+        tokenizer=tok,
+        progress=False,
+    )
+    with pytest.raises(RewardFunctionError, match=r"'picky' raised ZeroDivisionError.*what is 2 \+ 1"):
+        for step in range(2):
+            tr.train_step(step)
+
+
+def test_nan_reward_is_an_error(tmp_path, make_model, tok):
+    tr = trainer(
+        tmp_path, make_model, tok, reward=lambda prompts, completions, **kw: [float("nan")] * len(prompts)
+    )
+    with pytest.raises(RewardFunctionError, match="finite"):
+        tr.train_step(0)
+
+
+def test_batch_must_hold_whole_groups(tmp_path, make_model, tok):
+    with pytest.raises(ValueError, match="multiple of num_generations"):
+        trainer(tmp_path, make_model, tok, num_generations=3)
