@@ -4,6 +4,7 @@ import torch
 from hrpo import HybridModel, RolloutConfig, RolloutEngine
 from hrpo.marker import MarkerTracker
 from hrpo.prompts import PromptTooLongError
+from tiny import greedy_generate_reference
 
 ARCHS = ["llama", "qwen2", "qwen3", "mistral", "gemma3_text"]
 PROMPTS = ["what is 3 + 4 ?", "apples and pears total each has gives left so we get 5 + 9 = ?", "so 1 + 1"]
@@ -23,20 +24,8 @@ def test_plain_greedy_equals_generate(make_model, tok, arch):
     ro = engine(
         HybridModel(hf, seed=0), tok, hybrid=False, do_sample=False, max_completion_length=24
     ).generate(PROMPTS)
-    out = hf.generate(
-        ro.prompt_ids,
-        attention_mask=ro.prompt_mask,
-        max_new_tokens=24,
-        do_sample=False,
-        pad_token_id=tok.pad_token_id,
-    )
-    ref = out[:, ro.prompt_ids.shape[1] :]
-    ref_mask = torch.ones_like(ref)
-    for i in range(len(ref)):  # generate pads after EOS; keep up to and including EOS
-        eos = (ref[i] == tok.eos_token_id).nonzero()
-        if len(eos):
-            ref_mask[i, eos[0, 0] + 1 :] = 0
-    assert mask_after(ro.completion_ids, ro.completion_mask) == mask_after(ref, ref_mask)
+    ref = greedy_generate_reference(hf, ro.prompt_ids, ro.prompt_mask, 24, tok)
+    assert mask_after(ro.completion_ids, ro.completion_mask) == ref
     assert not ro.thinking_mask.any() and not ro.latents.any()
 
 

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from hrpo import HybridModel, RolloutConfig, RolloutEngine
 from hrpo.marker import MarkerTracker, token_strings
+from tiny import greedy_generate_reference
 
 pytestmark = pytest.mark.slow
 
@@ -33,20 +34,8 @@ def test_plain_greedy_rollout_equals_generate(model_tok):
     model, tok = model_tok
     eng = RolloutEngine(model, tok, RolloutConfig(hybrid=False, do_sample=False, max_completion_length=48))
     ro = eng.generate(PROMPTS)
-    out = model.model.generate(
-        ro.prompt_ids,
-        attention_mask=ro.prompt_mask,
-        max_new_tokens=48,
-        do_sample=False,
-        pad_token_id=tok.pad_token_id,
-    )
-    ref = out[:, ro.prompt_ids.shape[1] :]
-    ref_mask = torch.ones_like(ref)
-    for i in range(len(ref)):
-        eos = (ref[i] == tok.eos_token_id).nonzero()
-        if len(eos):
-            ref_mask[i, eos[0, 0] + 1 :] = 0
-    assert kept(ro.completion_ids, ro.completion_mask) == kept(ref, ref_mask)
+    ref = greedy_generate_reference(model.model, ro.prompt_ids, ro.prompt_mask, 48, tok)
+    assert kept(ro.completion_ids, ro.completion_mask) == ref
     assert (ro.completion_ids == tok.eos_token_id).any()  # the chat turn really ends with <|im_end|>
 
 

@@ -188,3 +188,33 @@ def test_nan_reward_is_an_error(tmp_path, make_model, tok):
 def test_batch_must_hold_whole_groups(tmp_path, make_model, tok):
     with pytest.raises(ValueError, match="multiple of num_generations"):
         trainer(tmp_path, make_model, tok, num_generations=3)
+
+
+def test_full_fine_tuning_uses_a_frozen_reference_copy(tmp_path, make_model, tok):
+    tr = trainer(tmp_path, make_model, tok, use_lora=False, beta=0.1, learning_rate=1e-3)
+    assert tr.ref_model is not None and not any(p.requires_grad for p in tr.ref_model.parameters())
+    embed_before = tr.model.model.get_input_embeddings().weight.detach().clone()
+    ref_before = tr.ref_model.get_input_embeddings().weight.detach().clone()
+    metrics = tr.train_step(0)
+    assert not torch.equal(tr.model.model.get_input_embeddings().weight, embed_before)
+    assert torch.equal(tr.ref_model.get_input_embeddings().weight, ref_before)
+    assert metrics["kl"] >= 0 and "lr/model" in metrics
+
+
+def test_bfloat16_model_trains_with_a_float32_gate(tmp_path, tok):
+    from tiny import tiny_model
+
+    model = tiny_model("llama", len(tok)).to(torch.bfloat16)
+    tr = HRPOTrainer(
+        config(tmp_path, beta=0.01),
+        train_dataset=ROWS,
+        reward_funcs=[hash_reward],
+        model=model,
+        tokenizer=tok,
+        progress=False,
+    )
+    assert tr.model.gate.Lambda.dtype == torch.float32
+    lam = tr.model.gate.Lambda.detach().clone()
+    metrics = tr.train_step(0)
+    assert all(v == v for v in metrics.values())  # no NaN
+    assert not torch.equal(tr.model.gate.Lambda, lam)

@@ -104,3 +104,21 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0, **overrides) -> torch.
     model.generation_config.eos_token_id = 2
     model.generation_config.pad_token_id = 2
     return model.eval()
+
+
+def greedy_generate_reference(
+    model, prompt_ids, prompt_mask, max_new_tokens: int, tokenizer
+) -> list[list[int]]:
+    """``model.generate`` greedy completions, each cut after its first EOS (generate pads after it)."""
+    out = model.generate(
+        prompt_ids,
+        attention_mask=prompt_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    completions = []
+    for row in out[:, prompt_ids.shape[1] :].tolist():
+        cut = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+        completions.append(row[:cut])
+    return completions
