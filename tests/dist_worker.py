@@ -1,6 +1,6 @@
 """Worker for the 2-process test: one HRPO step under torch.distributed (gloo, CPU).
 
-Run as ``python -m torch.distributed.run --nproc_per_node N tests/dist_worker.py OUT SCALE`` (or
+Run as ``python -m torch.distributed.run --nproc_per_node N tests/dist_worker.py OUT SCALE [grpo]`` (or
 plainly, for one process). A step is 16 completions (4 prompts × G=4) whatever N is, generated
 in calls of 2 prompts, so N=1 and N=2 must give the same rollouts, advantages and update.
 Each process writes its rollout rewards, the advantages it used, the rows it trained on and
@@ -26,6 +26,7 @@ def length_reward(prompts, completions, **kw):
 
 def main() -> None:
     out, scale = Path(sys.argv[1]), sys.argv[2]
+    hybrid = len(sys.argv) < 4 or sys.argv[3] != "grpo"
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -47,6 +48,7 @@ def main() -> None:
         save_steps=0,
         seed=3,
         generation_batch_size=2,
+        hybrid=hybrid,
     )
     trainer = HRPOTrainer(
         cfg,

@@ -99,3 +99,52 @@ def test_missing_model_is_one_clear_line(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "nope"), "hi"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(tmp_path / "nope") in err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tiny_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "hrpo.cli",
+        "train",
+        f"model_name_or_path={tiny_dir}",
+        f"output_dir={out}",
+        "max_steps=40",
+        "num_generations=2",
+        "per_device_train_batch_size=2",
+        "gradient_accumulation_steps=1",
+        "max_completion_length=8",
+        "eval_limit=0",
+        "lora_r=2",
+        "lora_alpha=4",
+        "save_steps=0",
+        "task_args={difficulty: 0, num_train: 50, num_test: 2}",
+        "--no-plots",
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "checkpoint saved to" in stdout
+    saved = sorted((out / "checkpoints").iterdir())
+    assert len(saved) == 1 and (saved[0] / "trainer_state.json").is_file()
+    step = int(saved[0].name.split("-")[1])
+    assert 2 <= step < 40 and metrics.read_text().count("\n") == step
+
+    done = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 41))

@@ -11,10 +11,10 @@ import torch
 WORKER = Path(__file__).parent / "dist_worker.py"
 
 
-def run(out: Path, nproc: int, scale: str, port: int) -> list[dict]:
+def run(out: Path, nproc: int, scale: str, port: int, mode: str = "hrpo") -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     if nproc == 1:
-        cmd = [sys.executable, str(WORKER), str(out), scale]
+        cmd = [sys.executable, str(WORKER), str(out), scale, mode]
     else:
         cmd = [
             sys.executable,
@@ -25,16 +25,19 @@ def run(out: Path, nproc: int, scale: str, port: int) -> list[dict]:
             str(WORKER),
             str(out),
             scale,
+            mode,
         ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
 
 
-@pytest.mark.parametrize("scale,port", [("group", 29611), ("batch", 29612)])
-def test_two_processes_match_one(tmp_path, scale, port):
-    one = run(tmp_path / "one", 1, scale, port)[0]
-    two = run(tmp_path / "two", 2, scale, port)
+@pytest.mark.parametrize(
+    "scale,port,mode", [("group", 29611, "hrpo"), ("batch", 29612, "hrpo"), ("group", 29613, "grpo")]
+)
+def test_two_processes_match_one(tmp_path, scale, port, mode):
+    one = run(tmp_path / "one", 1, scale, port, mode)[0]
+    two = run(tmp_path / "two", 2, scale, port, mode)
     assert one["world"] == 1 and two[0]["world"] == 2
     assert "MULTI_CPU" in two[0]["distributed_type"]
     # The step's prompts are split into whole groups: rank 0 takes the first half, rank 1 the rest.
