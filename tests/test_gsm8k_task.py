@@ -25,7 +25,7 @@ def test_malformed_record_names_file_and_row(tmp_path):
     f.write_text(
         json.dumps({"question": "q", "answer": "a #### 3"}) + "\n" + json.dumps({"question": "q"}) + "\n"
     )
-    with pytest.raises(ValueError, match=r"bad\.jsonl: record 1 has no text field 'answer'"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl: record 1 has no field 'answer'"):
         get_task("gsm8k", data_files=str(f)).load("train")
     f.write_text("{not json\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: not valid JSON"):
@@ -34,7 +34,18 @@ def test_malformed_record_names_file_and_row(tmp_path):
 
 def test_missing_split_or_file(tmp_path):
     task = get_task("gsm8k", data_files={"train": str(tmp_path / "none.jsonl")})
-    with pytest.raises(ValueError, match="no file for split 'test'"):
+    with pytest.raises(ValueError, match="no data file for split 'test'"):
         task.load("test")
     with pytest.raises(FileNotFoundError, match="none.jsonl"):
         task.load("train")
+
+
+def test_column_mapping(tmp_path):
+    f = tmp_path / "renamed.json"
+    f.write_text(json.dumps([{"q": "What is 2 + 2?", "sol": "2 + 2 = 4 #### 4"}]))
+    rows = get_task("gsm8k", data_files=str(f), columns={"question": "q", "answer": "sol"}).load("train")
+    assert rows[0]["answer"] == "4" and rows[0]["question"] == "What is 2 + 2?"
+    with pytest.raises(
+        ValueError, match=r"record 0 has no field 'question' \(mapped from 'question'\)|no field 'qq'"
+    ):
+        get_task("gsm8k", data_files=str(f), columns={"question": "qq"}).load("train")
