@@ -49,3 +49,13 @@ def test_column_mapping(tmp_path):
         ValueError, match=r"record 0 has no field 'question' \(mapped from 'question'\)|no field 'qq'"
     ):
         get_task("gsm8k", data_files=str(f), columns={"question": "qq"}).load("train")
+
+
+def test_several_files_make_one_split(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.json"
+    a.write_text(json.dumps({"question": "one?", "answer": "#### 1"}) + "\n")
+    b.write_text(
+        json.dumps([{"question": "two?", "answer": "#### 2"}, {"question": "three?", "answer": "#### 3"}])
+    )
+    rows = get_task("gsm8k", data_files={"train": [str(a), str(b)]}).load("train")
+    assert [r["answer"] for r in rows] == ["1", "2", "3"]

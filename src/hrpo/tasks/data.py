@@ -39,16 +39,26 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
 
 def load_split(
-    split: str, data_files: Mapping[str, str] | None, hub_id: str | None, hub_config: str | None = None
+    split: str,
+    data_files: Mapping[str, str | list[str]] | None,
+    hub_id: str | None,
+    hub_config: str | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
     """Records of ``split`` from ``data_files[split]``, else from the hub via ``datasets``.
 
-    Returns the records and a description of where they came from (for error messages).
+    ``data_files[split]`` is one path or a list of paths, concatenated in order (e.g. the paper's
+    NQ + HotpotQA training mix). Returns the records and a description of where they came from
+    (for error messages).
     """
     if data_files:
         if split not in data_files:
             raise ValueError(f"no data file for split {split!r}; data_files has {sorted(data_files)}")
-        return read_records(data_files[split]), str(Path(data_files[split]).expanduser())
+        paths = data_files[split]
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        records: list[dict[str, Any]] = []
+        for path in paths:
+            records += read_records(path)
+        return records, " + ".join(str(Path(p).expanduser()) for p in paths)
     if hub_id is None:
         raise ValueError("pass data_files: this task has no hub dataset")
     try:
