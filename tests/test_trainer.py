@@ -218,3 +218,14 @@ def test_bfloat16_model_trains_with_a_float32_gate(tmp_path, tok):
     metrics = tr.train_step(0)
     assert all(v == v for v in metrics.values())  # no NaN
     assert not torch.equal(tr.model.gate.Lambda, lam)
+
+
+def test_gradient_checkpointing_gives_the_same_update(tmp_path, make_model, tok):
+    plain = trainer(tmp_path / "a", make_model, tok)
+    ckpt = trainer(tmp_path / "b", make_model, tok, gradient_checkpointing=True)
+    base = ckpt.model.model.get_base_model()
+    assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing
+    m1, m2 = plain.train_step(0), ckpt.train_step(0)
+    assert m1["reward"] == m2["reward"] and abs(m1["grad_norm"] - m2["grad_norm"]) < 1e-5
+    for (n, p), q in zip(plain.model.named_parameters(), ckpt.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), n

@@ -195,7 +195,12 @@ class HRPOTrainer:
         elif tokenizer is None:
             raise ValueError("pass the tokenizer with a preloaded model")
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5 renamed gradient checkpointing to activation checkpointing.
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         if cfg.use_lora:
             from peft import LoraConfig, get_peft_model
