@@ -7,6 +7,7 @@ from typing import Any
 
 from hrpo.tasks.arithmetic import ArithmeticTask
 from hrpo.tasks.base import DEFAULT_MARKER, Task, TaskReward, clean_answer, completion_text, parse_integer
+from hrpo.tasks.choice import ARCChallengeTask, MMLUStemTask
 from hrpo.tasks.gsm8k import GSM8KTask
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
@@ -41,11 +42,15 @@ def list_tasks() -> list[str]:
 
 register_task("arithmetic", ArithmeticTask)
 register_task("gsm8k", GSM8KTask)
+register_task("mmlu_stem", MMLUStemTask)
+register_task("arc_challenge", ARCChallengeTask)
 
 __all__ = [
     "DEFAULT_MARKER",
+    "ARCChallengeTask",
     "ArithmeticTask",
     "GSM8KTask",
+    "MMLUStemTask",
     "Task",
     "TaskReward",
     "clean_answer",
