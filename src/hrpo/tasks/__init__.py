@@ -9,6 +9,7 @@ from hrpo.tasks.arithmetic import ArithmeticTask
 from hrpo.tasks.base import DEFAULT_MARKER, Task, TaskReward, clean_answer, completion_text, parse_integer
 from hrpo.tasks.choice import ARCChallengeTask, MMLUStemTask
 from hrpo.tasks.gsm8k import GSM8KTask
+from hrpo.tasks.math import MathTask
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
@@ -44,6 +45,7 @@ register_task("arithmetic", ArithmeticTask)
 register_task("gsm8k", GSM8KTask)
 register_task("mmlu_stem", MMLUStemTask)
 register_task("arc_challenge", ARCChallengeTask)
+register_task("math", MathTask)
 
 __all__ = [
     "DEFAULT_MARKER",
@@ -51,6 +53,7 @@ __all__ = [
     "ArithmeticTask",
     "GSM8KTask",
     "MMLUStemTask",
+    "MathTask",
     "Task",
     "TaskReward",
     "clean_answer",

@@ -1,0 +1,238 @@
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hrpo.tasks.math import MathTask, answers_match, last_boxed, reference_answer
+
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/math/math500_sample.jsonl"
+
+
+@pytest.fixture(scope="module")
+def task() -> MathTask:
+    return MathTask(data_files={"test": str(SAMPLE)})
+
+
+@pytest.fixture(scope="module")
+def rows(task):
+    return task.load("test")
+
+
+def test_loads_real_rows_with_boxed_references(task, rows):
+    assert len(rows) == 100
+    answers = [r["answer"] for r in rows[:12]]
+    assert answers == [
+        "\\left( 3, \\frac{\\pi}{2} \\right)",
+        "p - q",
+        "\\frac{14}{3}",
+        "9",
+        "\\text{Evelyn}",
+        "42",  # the box precedes an [asy] figure
+        "27",
+        "90^\\circ",
+        "3\\sqrt{13}",
+        "4",
+        "2220",
+        "\\frac{3}{56}",
+    ]
+    first = rows[0]
+    assert first["prompt"][0]["role"] == "system" and "####" in first["prompt"][0]["content"]
+    assert first["prompt"][1]["content"] == first["question"] and "polar" in first["question"]
+    assert "\\boxed" in first["solution"] and first["id"] == "test-0"
+    assert all(r["answer"] for r in rows)
+    # Every reference grades itself correct, bare or boxed.
+    assert all(task.score(f"work #### {r['answer']}", r["answer"]) == 1.0 for r in rows)
+    assert all(task.score(f"#### $\\boxed{{{r['answer']}}}$.", r["answer"]) == 1.0 for r in rows)
+
+
+def test_real_rows_accept_equivalent_forms(task, rows):
+    assert task.score("#### (3, \\pi/2)", rows[0]["answer"]) == 1.0
+    assert task.score("#### \\dfrac{14}{3}", rows[2]["answer"]) == 1.0
+    assert task.score("#### 14/3", rows[2]["answer"]) == 1.0
+    assert task.score("#### Evelyn", rows[4]["answer"]) == 1.0
+    assert task.score("#### \\sqrt{117}", rows[8]["answer"]) == 1.0
+    assert task.score("#### 3", rows[8]["answer"]) == 0.0
+    assert task.score("#### q - p", rows[1]["answer"]) == 0.0
+
+
+CORRECT = [
+    ("1000", "1,000"),
+    ("1,000", "1000"),
+    ("\\frac{1}{2}", "1/2"),
+    ("\\frac{1}{2}", "0.5"),
+    ("\\frac{1}{2}", "\\dfrac{1}{2}"),
+    ("\\frac{1}{2}", "\\tfrac12"),
+    ("(1,2)", "(1, 2)"),
+    ("50\\%", "50"),
+    ("50", "50\\%"),
+    ("90^\\circ", "90"),
+    ("42", "42 inches"),
+    ("42", "42\\text{ inches}"),
+    ("\\text{Evelyn}", "Evelyn"),
+    ("\\text{(C)}", "C"),
+    ("p - q", "p-q"),
+    ("x^2+1", "1+x^2"),
+    ("\\{1,2\\}", "\\{2,1\\}"),
+    ("5", "x = 5"),
+    ("9", "9.0"),
+    ("3\\sqrt{13}", "\\sqrt{117}"),
+]
+
+WRONG = [
+    ("\\frac{1}{2}", "2"),  # the reference code collapsed \frac{1}{2} to its last number
+    ("2", "\\frac{1}{2}"),
+    ("1000", "1"),
+    ("1,000", "1"),
+    ("(1,2)", "(2,1)"),
+    ("(1,2)", "[1,2)"),
+    ("3\\sqrt{13}", "3"),  # bare LaTeX parses as its leading number: we parse the boxed form
+    ("3", "3\\sqrt{13}"),
+    ("p - q", "q - p"),
+    ("\\text{Evelyn}", "Bob"),
+    ("9", "8"),
+    ("\\frac{14}{3}", "4.67"),
+    ("5", ""),
+]
+
+
+@pytest.mark.parametrize(("reference", "predicted"), CORRECT)
+def test_equivalent_answers_are_correct(task, reference, predicted):
+    assert task.is_correct(predicted, reference)
+    assert task.score(f"so #### {predicted}", reference) == 1.0
+
+
+@pytest.mark.parametrize(("reference", "predicted"), WRONG)
+def test_different_answers_are_wrong(task, reference, predicted):
+    assert not task.is_correct(predicted, reference)
+    assert task.score(f"so #### {predicted}", reference) == 0.0
+
+
+def test_strict_format_needs_exactly_one_marker(task):
+    assert task.score("x #### \\frac{1}{2}", "\\frac{1}{2}", strict_format=True) == 1.0
+    assert task.score("#### 3 #### \\frac{1}{2}", "\\frac{1}{2}", strict_format=True) == 0.0
+    assert task.score("#### 3 #### \\frac{1}{2}", "\\frac{1}{2}") == 1.0  # last marker wins
+    assert task.score("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}") == 0.0  # no marker, no answer
+
+
+@pytest.mark.parametrize(
+    ("text", "content"),
+    [
+        ("so $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),
+        ("\\boxed{a} then \\boxed{b}", "b"),
+        ("\\boxed{\\boxed{5}}", "5"),
+        ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),  # escaped braces do not close the box
+        ("\\fbox{7} is it", "7"),
+        ("\\boxed 5$.", "5"),
+        ("\\boxed{5", "5"),  # unclosed (truncated): the rest of the text
+        ("\\boxed{x} and \\boxed{\\frac{1}{2", "\\frac{1}{2"),
+        ("\\boxed{}", ""),
+        ("no box here", None),
+        ("\\boxedx{3}", None),
+    ],
+)
+def test_last_boxed(text, content):
+    assert last_boxed(text) == content
+
+
+def test_reference_answer_falls_back_to_whole_text():
+    assert reference_answer("  \\frac{1}{2} \n") == "\\frac{1}{2}"
+    assert reference_answer("So it is $\\boxed{12}$. The answer is: 12") == "12"
+
+
+def test_boxed_prediction_after_marker(task):
+    assert task.extract_answer("#### $\\boxed{\\frac{1}{2}}$.") == "\\frac{1}{2}"
+    assert task.score("#### the answer is \\boxed{1/2}", "\\frac{1}{2}") == 1.0
+
+
+def _write(path: Path, records: list) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def test_column_fallback_and_mapping(tmp_path):
+    f = _write(tmp_path / "math.jsonl", [{"problem": "p?", "solution": "so \\boxed{\\frac{1}{2}}"}])
+    [row] = MathTask(data_files=f).load("train")
+    assert (row["question"], row["answer"]) == ("p?", "\\frac{1}{2}")
+    # answer wins over solution when both are present (MATH-500's layout).
+    f = _write(tmp_path / "both.jsonl", [{"problem": "p?", "solution": "long \\boxed{2}", "answer": "2"}])
+    [row] = MathTask(data_files=f).load("train")
+    assert row["answer"] == "2" and row["solution"] == "2"
+    f = _write(tmp_path / "mapped.jsonl", [{"q": "p?", "final": "7", "answer": "9"}])
+    [row] = MathTask(data_files=f, columns={"question": "q", "answer": "final"}).load("train")
+    assert (row["question"], row["answer"]) == ("p?", "7")
+
+
+def test_malformed_records_name_file_row_and_field(tmp_path):
+    f = _write(tmp_path / "bad.jsonl", [{"question": "q", "answer": "1"}, {"question": "q"}])
+    with pytest.raises(ValueError, match=r"bad\.jsonl: record 1 has no field 'answer' or 'solution'"):
+        MathTask(data_files=f).load("train")
+    with pytest.raises(ValueError, match=r"bad\.jsonl: record 0 has no field 'sol' \(mapped from 'answer'\)"):
+        MathTask(data_files=f, columns={"answer": "sol"}).load("train")
+    f = _write(
+        tmp_path / "empty.jsonl", [{"question": "q", "answer": "1"}, {"question": "q", "answer": "\\boxed{}"}]
+    )
+    with pytest.raises(ValueError, match=r"empty\.jsonl: record 1: empty reference"):
+        MathTask(data_files=f).load("train")
+    with pytest.raises(ValueError, match="no hub dataset"):
+        MathTask().load("train")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=300), st.text(max_size=60))
+def test_score_never_raises(completion, reference):
+    task = MathTask()
+    for text in (completion, f"#### {completion}", f"#### \\boxed{{{completion}"):
+        assert task.score(text, reference) in (0.0, 1.0)
+        assert task.score(text, reference, strict_format=True) in (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "x" * 1_000_000,
+        "{" * 100_000,
+        "\\boxed{" * 100_000,
+        bytes(range(256)).decode("latin-1") * 4000,
+        "9^{9^{9^{9}}}",
+        "(10^{10})!",
+        # Under the length cap but deep: math-verify's parser is slow on nesting and can lose its timeout.
+        "{" * 999,
+        "(" * 499 + ")" * 499,
+        "x^" * 400,
+        "\\sqrt{" * 300 + "2" + "}" * 300,
+    ],
+)
+def test_bounded_time_on_hostile_answers(task, answer):
+    start = time.perf_counter()
+    assert task.score(f"#### {answer}", "5") == 0.0
+    assert time.perf_counter() - start < 2.0
+
+
+def test_off_main_thread_is_safe_and_bounded():
+    results: list[tuple[bool, ...]] = []
+
+    def grade() -> None:
+        results.append(
+            (
+                answers_match("0.5", "\\frac{1}{2}"),
+                answers_match("9^{9^{9^{9}}}", "5"),
+                answers_match("(10^{10})!", "5"),
+                answers_match("10^{1000000}", "5"),
+            )
+        )
+
+    start = time.perf_counter()
+    worker = threading.Thread(target=grade)
+    worker.start()
+    worker.join(timeout=10)
+    assert results == [(True, False, False, False)]
+    assert time.perf_counter() - start < 2.0
+
+
+def test_non_strings_are_wrong(task):
+    assert task.is_correct(None, "1") is False  # type: ignore[arg-type]
+    assert task.score(5, "5") == 0.0  # type: ignore[arg-type]
