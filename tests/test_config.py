@@ -55,8 +55,27 @@ def test_malformed_override():
         load_config(None, ["btea=0.1"])
 
 
-def test_shipped_recipes_load():
-    recipes = sorted(CONFIGS.glob("*.yaml"))
-    assert {p.stem for p in recipes} >= {"quickstart", "gsm8k_qwen2.5_1.5b", "math_qwen2.5_1.5b"}
-    for path in recipes:
-        load_config(path)
+def test_shipped_recipes_load_and_build_their_tasks():
+    from hrpo.tasks import get_task
+
+    recipes = {p.stem: load_config(p) for p in sorted(CONFIGS.glob("*.yaml"))}
+    # Paper (spec §4): completions per optimiser step on one GPU, and group size.
+    paper = {
+        "gsm8k_qwen2.5_1.5b": (32, 4),
+        "math_qwen2.5_1.5b": (64, 8),
+        "mmlu_arc_qwen2.5_1.5b": (64, 8),
+        "qa_qwen2.5_1.5b": (64, 4),
+    }
+    assert set(paper) | {"quickstart"} <= set(recipes)
+    for name, cfg in recipes.items():
+        get_task(cfg.task, **{"marker": cfg.answer_marker, **cfg.task_args})
+        if name in paper:
+            assert (cfg.completions_per_step(), cfg.num_generations) == paper[name]
+            assert (cfg.learning_rate, cfg.gate_learning_rate, cfg.lambda_learning_rate) == (5e-6, 1e-4, 1e-3)
+            assert (cfg.beta, cfg.lora_r, cfg.lora_alpha, cfg.max_grad_norm, cfg.temperature) == (
+                0.005,
+                32,
+                64,
+                0.1,
+                0.5,
+            )

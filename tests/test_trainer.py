@@ -229,3 +229,59 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path, make_model, tok)
     assert m1["reward"] == m2["reward"] and abs(m1["grad_norm"] - m2["grad_norm"]) < 1e-5
     for (n, p), q in zip(plain.model.named_parameters(), ckpt.model.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), n
+
+
+def _task_fixture(name, tmp_path):
+    import json as _json
+
+    from conftest import SHARED
+
+    from hrpo.tasks import get_task
+
+    if name == "math":
+        return get_task("math", data_files={"train": str(SHARED / "data/math/math500_sample.jsonl")})
+    if name == "mmlu_stem":
+        f = tmp_path / "mmlu.jsonl"
+        f.write_text(
+            "\n".join(
+                _json.dumps(
+                    {
+                        "question": f"{i}+1?",
+                        "choices": [str(i), str(i + 1), "x", "y"],
+                        "answer": 1,
+                        "subject": "college_mathematics",
+                    }
+                )
+                for i in range(8)
+            )
+        )
+        return get_task("mmlu_stem", data_files={"train": str(f)})
+    f = tmp_path / "qa.jsonl"
+    f.write_text(
+        "\n".join(
+            _json.dumps(
+                {
+                    "question": f"capital {i}?",
+                    "golden_answers": ["Paris", "paris"],
+                    "passages": [f"Doc about {i}"],
+                }
+            )
+            for i in range(8)
+        )
+    )
+    return get_task("qa", data_files={"train": str(f)})
+
+
+@pytest.mark.parametrize("name", ["math", "mmlu_stem", "qa"])
+def test_one_step_on_each_benchmark_task(tmp_path, make_model, tok, name):
+    task = _task_fixture(name, tmp_path)
+    tr = HRPOTrainer(
+        config(tmp_path, max_prompt_length=None),
+        task=task,
+        train_dataset=task.load("train", limit=8),
+        model=make_model("qwen2"),
+        tokenizer=tok,
+        progress=False,
+    )
+    metrics = tr.train_step(0)
+    assert f"rewards/{name}_accuracy" in metrics and 0.0 <= metrics["accuracy"] <= 1.0

@@ -10,6 +10,7 @@ from hrpo.tasks.base import DEFAULT_MARKER, Task, TaskReward, clean_answer, comp
 from hrpo.tasks.choice import ARCChallengeTask, MMLUStemTask
 from hrpo.tasks.gsm8k import GSM8KTask
 from hrpo.tasks.math import MathTask
+from hrpo.tasks.qa import QATask
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
@@ -46,6 +47,7 @@ register_task("gsm8k", GSM8KTask)
 register_task("mmlu_stem", MMLUStemTask)
 register_task("arc_challenge", ARCChallengeTask)
 register_task("math", MathTask)
+register_task("qa", QATask)
 
 __all__ = [
     "DEFAULT_MARKER",
@@ -54,6 +56,7 @@ __all__ = [
     "GSM8KTask",
     "MMLUStemTask",
     "MathTask",
+    "QATask",
     "Task",
     "TaskReward",
     "clean_answer",
