@@ -276,7 +276,7 @@ def _task_fixture(name, tmp_path):
 def test_one_step_on_each_benchmark_task(tmp_path, make_model, tok, name):
     task = _task_fixture(name, tmp_path)
     tr = HRPOTrainer(
-        config(tmp_path, max_prompt_length=None),
+        config(tmp_path, max_prompt_length=4096),
         task=task,
         train_dataset=task.load("train", limit=8),
         model=make_model("qwen2"),
