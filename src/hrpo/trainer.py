@@ -164,6 +164,7 @@ class HRPOTrainer:
         self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.engine = RolloutEngine(self.model, self.tokenizer, self.rollout_config())
         self.step = 0
+        self._order_epoch, self._order = -1, np.arange(0)
 
     # -- construction --------------------------------------------------------------------------
     def rollout_config(self) -> RolloutConfig:
@@ -271,8 +272,10 @@ class HRPOTrainer:
         rows = []
         for k in range(start, start + self.prompts_per_process):
             epoch, pos = divmod(k, n)
-            order = np.random.default_rng(_seed_for(self.config.seed, epoch)).permutation(n)
-            rows.append(self.train_dataset[int(order[pos])])
+            if self._order_epoch != epoch:
+                self._order = np.random.default_rng(_seed_for(self.config.seed, epoch)).permutation(n)
+                self._order_epoch = epoch
+            rows.append(self.train_dataset[int(self._order[pos])])
         return rows
 
     # -- one step ------------------------------------------------------------------------------
