@@ -236,3 +236,15 @@ def test_off_main_thread_is_safe_and_bounded():
 def test_non_strings_are_wrong(task):
     assert task.is_correct(None, "1") is False  # type: ignore[arg-type]
     assert task.score(5, "5") == 0.0  # type: ignore[arg-type]
+
+
+def test_unbounded_forms_are_refused_on_the_main_thread_too():
+    """math-verify's SIGALRM timeout can be lost (seen inside a gc callback), so forms that can make
+    sympy compute without bound are refused outright unless they match exactly."""
+    from hrpo.tasks.math import answers_match
+
+    start = time.perf_counter()
+    assert not answers_match("x^" * 400, "5")
+    assert not answers_match("5!", "120")  # a known cost: factorials only match exactly
+    assert answers_match("x^{y^z}", "x^{y^z}")
+    assert time.perf_counter() - start < 0.5

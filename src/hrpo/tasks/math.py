@@ -43,8 +43,9 @@ _BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.DOTALL)
 _GROUP_TOKEN_RE = re.compile(r"\\[{}]|\\.|[{}()\[\]]", re.DOTALL)
 _TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 _SPACING_RE = re.compile(r"\s+|\\[,;:! ]|\\left|\\right|\$")
-# Without a timeout (off the main thread) these can make sympy compute for hours:
-# factorials, exponent towers and exponents with many digits.
+# These can make sympy compute for hours: factorials, exponent towers, exponents with many digits.
+# They are refused on every thread: math-verify's SIGALRM timeout can be lost (its exception was
+# seen swallowed inside a garbage-collector callback, and a 1 s limit became 9.6 s).
 _RISKY_RE = re.compile(
     r"!|\\binom|\\choose"
     r"|(?:\^|\*\*)\s*\{[^{}]*(?:\^|\*\*)"
@@ -144,9 +145,9 @@ def answers_match(predicted: str, reference: str) -> bool:
     """Whether two final answers are mathematically equal (math-verify); never raises.
 
     An exact match (after removing spacing and ``$``) short-cuts; predictions over
-    ``MAX_ANSWER_CHARS`` are wrong. In the main thread each math-verify call is limited to
-    ``TIMEOUT_SECONDS``; elsewhere no timeout can be set, so inputs that could make sympy compute
-    without bound (factorials, exponent towers, huge exponents) are refused instead.
+    ``MAX_ANSWER_CHARS`` are wrong. Inputs that could make sympy compute without bound (factorials,
+    exponent towers, huge exponents) are refused unless they match exactly; in the main thread each
+    math-verify call is also limited to ``TIMEOUT_SECONDS`` as a second line of defence.
     """
     try:
         if not isinstance(predicted, str) or not isinstance(reference, str):
@@ -160,9 +161,9 @@ def answers_match(predicted: str, reference: str) -> bool:
             return False
         if not _well_formed(predicted) or not _well_formed(reference):
             return False
-        timeout = _timeout()
-        if timeout is None and _RISKY_RE.search(predicted):
+        if _RISKY_RE.search(predicted):
             return False
+        timeout = _timeout()
         from math_verify import verify
 
         gold = list(_parse_reference(reference, timeout))
