@@ -181,6 +181,26 @@ class Task:
         return FormatReward(self)
 
 
+class FileTask(Task):
+    """A task read from data files (or a hub data set): the shared constructor of benchmark tasks.
+
+    ``data_files`` maps split names to a path or a list of paths (a single path means the train
+    split); ``columns`` maps the task's field names to the file's column names.
+    """
+
+    def __init__(
+        self,
+        data_files: dict[str, str | list[str]] | str | None = None,
+        columns: dict[str, str] | None = None,
+        *,
+        marker: str = DEFAULT_MARKER,
+        system_prompt: str | None = None,
+    ) -> None:
+        super().__init__(marker=marker, system_prompt=system_prompt)
+        self.data_files = {"train": data_files} if isinstance(data_files, str) else dict(data_files or {})
+        self.columns = dict(columns or {})
+
+
 class FormatReward:
     """A task's format reward as a picklable callable named ``<task>_format``."""
 

@@ -16,7 +16,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hrpo.tasks.base import DEFAULT_MARKER, Row, Task, TaskReward, clean_answer, completion_text
+from hrpo.tasks.base import DEFAULT_MARKER, FileTask, Row, TaskReward, clean_answer, completion_text
 from hrpo.tasks.data import field, load_split
 
 LETTERS = string.ascii_uppercase
@@ -114,7 +114,7 @@ def _option_texts(options: Any) -> list[str] | None:
     return list(options)
 
 
-class MultipleChoiceTask(Task):
+class MultipleChoiceTask(FileTask):
     """Multiple choice with letter answers; records ``question``, ``choices`` (list), ``answer``.
 
     ``answer`` is a 0-based index (int or digit string) or a letter. ``data_files`` maps split
@@ -133,18 +133,6 @@ class MultipleChoiceTask(Task):
     hub_id: str | None = None
     hub_config: str | None = None
     hub_splits: Mapping[str, str] = {}
-
-    def __init__(
-        self,
-        data_files: dict[str, str | list[str]] | str | None = None,
-        columns: dict[str, str] | None = None,
-        *,
-        marker: str = DEFAULT_MARKER,
-        system_prompt: str | None = None,
-    ) -> None:
-        super().__init__(marker=marker, system_prompt=system_prompt)
-        self.data_files = {"train": data_files} if isinstance(data_files, str) else dict(data_files or {})
-        self.columns = dict(columns or {})
 
     # --- data -----------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ through the optional ``datasets`` package when no files are given.
 
 from __future__ import annotations
 
-from hrpo.tasks.base import DEFAULT_MARKER, Row, Task, parse_integer
+from hrpo.tasks.base import FileTask, Row, parse_integer
 from hrpo.tasks.data import field, load_split
 
 HUB_ID = "openai/gsm8k"
@@ -18,7 +18,7 @@ def reference_answer(solution: str) -> str:
     return solution.rsplit("####", 1)[-1].strip().replace(",", "")
 
 
-class GSM8KTask(Task):
+class GSM8KTask(FileTask):
     """GSM8K with HRPO's marker prompt.
 
     ``data_files`` maps split names to local files (a single path means the train split);
@@ -27,18 +27,6 @@ class GSM8KTask(Task):
 
     name = "gsm8k"
     answer_format = "The final answer is a number: write only the number, without units."
-
-    def __init__(
-        self,
-        data_files: dict[str, str] | str | None = None,
-        columns: dict[str, str] | None = None,
-        *,
-        marker: str = DEFAULT_MARKER,
-        system_prompt: str | None = None,
-    ) -> None:
-        super().__init__(marker=marker, system_prompt=system_prompt)
-        self.data_files = {"train": data_files} if isinstance(data_files, str) else dict(data_files or {})
-        self.columns = dict(columns or {})
 
     def _load(self, split: str, limit: int | None) -> list[Row]:
         records, where = load_split(split, self.data_files, HUB_ID, "main")

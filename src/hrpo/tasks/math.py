@@ -15,7 +15,7 @@ from collections import deque
 from functools import lru_cache
 from typing import Any
 
-from hrpo.tasks.base import DEFAULT_MARKER, Row, Task, clean_answer
+from hrpo.tasks.base import FileTask, Row, clean_answer
 from hrpo.tasks.data import field, load_split
 
 HUB_ID = "HuggingFaceH4/MATH-500"
@@ -175,7 +175,7 @@ def answers_match(predicted: str, reference: str) -> bool:
         return False
 
 
-class MathTask(Task):
+class MathTask(FileTask):
     """MATH / MATH-500 with HRPO's marker prompt and math-verify grading.
 
     ``data_files`` maps split names to local files (a single path means the train split);
@@ -187,18 +187,6 @@ class MathTask(Task):
     answer_format = (
         "Write the final answer in simplest form; LaTeX such as \\frac{3}{4} or 2\\sqrt{5} is fine."
     )
-
-    def __init__(
-        self,
-        data_files: dict[str, str] | str | None = None,
-        columns: dict[str, str] | None = None,
-        *,
-        marker: str = DEFAULT_MARKER,
-        system_prompt: str | None = None,
-    ) -> None:
-        super().__init__(marker=marker, system_prompt=system_prompt)
-        self.data_files = {"train": data_files} if isinstance(data_files, str) else dict(data_files or {})
-        self.columns = dict(columns or {})
 
     def _field(self, record: Any, key: str, where: str, index: int) -> Any:
         """``record``'s value for ``key``: the mapped column, else the first default name present."""

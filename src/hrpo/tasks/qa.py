@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hrpo.tasks.base import DEFAULT_MARKER, Row, Task, TaskReward, clean_answer, completion_text
+from hrpo.tasks.base import DEFAULT_MARKER, FileTask, Row, TaskReward, clean_answer, completion_text
 from hrpo.tasks.data import field, load_split
 
 # FlashRAG's benchmark collection on the hub; its config names are the data set names
@@ -132,7 +132,7 @@ def format_question(question: str, passages: Sequence[str | Mapping[str, Any]] =
     return f"{docs}\n\nQuestion: {question}" if docs else f"Question: {question}"
 
 
-class QATask(Task):
+class QATask(FileTask):
     """Knowledge QA with optional retrieved context, graded by SQuAD exact match against any gold.
 
     ``data_files`` maps split names to local JSON/JSONL/Parquet files (a single path means the
@@ -159,13 +159,11 @@ class QATask(Task):
         marker: str = DEFAULT_MARKER,
         system_prompt: str | None = None,
     ) -> None:
-        super().__init__(marker=marker, system_prompt=system_prompt)
+        super().__init__(data_files, columns, marker=marker, system_prompt=system_prompt)
         if isinstance(num_passages, bool) or not isinstance(num_passages, int) or num_passages < 0:
             raise ValueError(f"num_passages must be a non-negative int, got {num_passages!r}")
         if dataset is not None and (not isinstance(dataset, str) or not dataset):
             raise ValueError(f"dataset must be a non-empty string or None, got {dataset!r}")
-        self.data_files = {"train": data_files} if isinstance(data_files, str) else dict(data_files or {})
-        self.columns = dict(columns or {})
         self.num_passages = num_passages
         self.dataset = dataset
 
