@@ -234,11 +234,12 @@ class TaskReward:
         if len(references) != len(completions):
             raise ValueError(f"{len(completions)} completions but {len(references)} answers")
         rewards = []
-        for completion, reference in zip(completions, references, strict=True):
+        for i, (completion, reference) in enumerate(zip(completions, references, strict=True)):
             text = completion_text(completion)
-            ref = reference if isinstance(reference, str) else None if reference is None else str(reference)
-            if text is None or ref is None:
-                rewards.append(0.0)
-            else:
-                rewards.append(self.task.score(text, ref, strict_format=self.strict_format))
+            rewards.append(0.0 if text is None else self.score_one(text, reference, columns, i))
         return rewards
+
+    def score_one(self, text: str, reference: Any, columns: dict[str, Any], i: int) -> float:
+        """Score completion ``i``; subclasses override to use other columns or reference types."""
+        ref = reference if isinstance(reference, str) else None if reference is None else str(reference)
+        return 0.0 if ref is None else self.task.score(text, ref, strict_format=self.strict_format)

@@ -16,7 +16,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hrpo.tasks.base import DEFAULT_MARKER, FileTask, Row, TaskReward, clean_answer, completion_text
+from hrpo.tasks.base import DEFAULT_MARKER, FileTask, Row, TaskReward, clean_answer
 from hrpo.tasks.data import field, load_split
 
 LETTERS = string.ascii_uppercase
@@ -249,27 +249,12 @@ class ChoiceReward(TaskReward):
 
     task: MultipleChoiceTask
 
-    def __call__(
-        self, prompts: Sequence[Any] | None, completions: Sequence[Any], **columns: Any
-    ) -> list[float]:
+    def score_one(self, text: str, reference: Any, columns: dict[str, Any], i: int) -> float:
         options = columns.get("options")
-        if options is None or len(options) != len(completions):
-            return super().__call__(prompts, completions, **columns)
-        if "answer" not in columns:
-            raise KeyError(f"{self.__name__} needs the 'answer' column; got columns {sorted(columns)}")
-        references = columns["answer"]
-        if len(references) != len(completions):
-            raise ValueError(f"{len(completions)} completions but {len(references)} answers")
-        rewards = []
-        for completion, reference, opts in zip(completions, references, options, strict=True):
-            text = completion_text(completion)
-            if text is None or not isinstance(reference, str):
-                rewards.append(0.0)
-            else:
-                rewards.append(
-                    self.task.score(text, reference, strict_format=self.strict_format, options=opts)
-                )
-        return rewards
+        opts = options[i] if options is not None and len(options) > i else None
+        if not isinstance(reference, str):
+            return 0.0
+        return self.task.score(text, reference, strict_format=self.strict_format, options=opts)
 
 
 class MMLUStemTask(MultipleChoiceTask):

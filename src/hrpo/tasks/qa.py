@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hrpo.tasks.base import DEFAULT_MARKER, FileTask, Row, TaskReward, clean_answer, completion_text
+from hrpo.tasks.base import DEFAULT_MARKER, FileTask, Row, TaskReward, clean_answer
 from hrpo.tasks.data import field, load_split
 
 # FlashRAG's benchmark collection on the hub; its config names are the data set names
@@ -303,20 +303,8 @@ class QAReward(TaskReward):
 
     task: QATask
 
-    def __call__(
-        self, prompts: Sequence[Any] | None, completions: Sequence[Any], **columns: Any
-    ) -> list[float]:
-        if "answer" not in columns:
-            raise KeyError(f"{self.__name__} needs the 'answer' column; got columns {sorted(columns)}")
-        references = columns["answer"]
-        if len(references) != len(completions):
-            raise ValueError(f"{len(completions)} completions but {len(references)} answers")
-        rewards = []
-        for completion, reference in zip(completions, references, strict=True):
-            # The base class would str() a list into its repr, which no longer parses as golds.
-            text = completion_text(completion)
-            if text is None or reference is None:
-                rewards.append(0.0)
-            else:
-                rewards.append(self.task.score(text, reference, strict_format=self.strict_format))
-        return rewards
+    def score_one(self, text: str, reference: Any, columns: dict[str, Any], i: int) -> float:
+        # The base class would str() a list into its repr, which no longer parses as golds.
+        if reference is None:
+            return 0.0
+        return self.task.score(text, reference, strict_format=self.strict_format)
