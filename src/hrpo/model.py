@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
+from hrpo.distributed import full_tensor, load_full_
 from hrpo.gate import HybridGate
 from hrpo.storage import atomic_directory
 
@@ -65,6 +66,11 @@ class HybridModel(nn.Module):
     @property
     def config(self):
         return self.model.config
+
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The wrapped model's decoder-layer classes: what FSDP auto-wrapping shards one by one."""
+        return getattr(self.model, "_no_split_modules", None)
 
     @property
     def device(self) -> torch.device:
@@ -193,12 +199,30 @@ class HybridModel(nn.Module):
         return self.completion_logprobs(*args, **kwargs)
 
     # -- persistence ---------------------------------------------------------------------------
-    def write_to(self, directory: str | Path) -> None:
-        """Write adapter (PEFT) or full weights plus the gate into an existing directory."""
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Full CPU copies of what a checkpoint holds, by name: the trainable parameters and the
+        gate for an adapter model, the whole state for full fine-tuning.
+
+        Under FSDP2 this all-gathers the shards: call it on every process.
+        """
+        if isinstance(self.model, PeftModel):
+            items = [(n, p) for n, p in self.named_parameters() if p.requires_grad or n.startswith("gate.")]
+        else:
+            items = list(self.state_dict().items())
+        return {name: full_tensor(t.detach()).cpu() for name, t in items}
+
+    def write_to(self, directory: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write adapter (PEFT) or full weights plus the gate into an existing directory.
+
+        ``state`` is what :meth:`trainable_state` returned (default: computed here, which under
+        FSDP2 only works if every process calls this).
+        """
         directory = Path(directory)
-        self.model.save_pretrained(directory, safe_serialization=True)
-        state = {k: v.detach().float().cpu().contiguous() for k, v in self.gate.state_dict().items()}
-        save_file(state, str(directory / GATE_WEIGHTS))
+        state = self.trainable_state() if state is None else state
+        gate = {k[len("gate.") :]: v.float().contiguous() for k, v in state.items() if k.startswith("gate.")}
+        model_state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+        self.model.save_pretrained(directory, state_dict=model_state, safe_serialization=True)
+        save_file(gate, str(directory / GATE_WEIGHTS))
         meta = {
             "hidden_size": self.gate.hidden_size,
             "r_min": self.gate.r_min,
@@ -220,27 +244,41 @@ class HybridModel(nn.Module):
         return path
 
     def load_trainable_state(self, directory: str | Path) -> None:
-        """Load into this model the adapter (or full) weights and gate written by :meth:`write_to`."""
+        """Load into this model the adapter (or full) weights and gate written by :meth:`write_to`.
+
+        Works on a sharded (FSDP2) model too: every process reads the files and keeps its shard.
+        """
         directory = Path(directory)
-        self.gate.load_state_dict(load_file(str(directory / GATE_WEIGHTS), device=str(self.device)))
+        files = {"gate.": load_file(str(directory / GATE_WEIGHTS))}
         if isinstance(self.model, PeftModel):
-            from peft import set_peft_model_state_dict
-
-            weights = load_file(str(directory / "adapter_model.safetensors"), device=str(self.device))
-            result = set_peft_model_state_dict(self.model, weights)
-            if getattr(result, "unexpected_keys", None):
-                raise ValueError(
-                    f"{directory}: adapter weights do not fit this model: {result.unexpected_keys[:3]}"
-                )
+            files["model."] = load_file(str(directory / "adapter_model.safetensors"))
+            adapter = self.model.active_adapter
         else:
-            from transformers.modeling_utils import load_sharded_checkpoint
-
-            if (directory / "model.safetensors").is_file():
-                self.model.load_state_dict(
-                    load_file(str(directory / "model.safetensors"), device=str(self.device)), strict=False
-                )
-            else:
-                load_sharded_checkpoint(self.model, str(directory))
+            index = directory / "model.safetensors.index.json"
+            shards = (
+                sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                if index.is_file()
+                else ["model.safetensors"]
+            )
+            files["model."] = {k: v for f in shards for k, v in load_file(str(directory / f)).items()}
+            adapter = None
+        used: set[str] = set()
+        for name, param in self.named_parameters():
+            prefix = "gate." if name.startswith("gate.") else "model."
+            key = name[len(prefix) :]
+            if adapter is not None and prefix == "model.":
+                if not param.requires_grad:
+                    continue  # frozen base weights are not in an adapter file
+                key = key.replace(f".{adapter}.", ".")  # PEFT drops the adapter name in files
+            if key not in files[prefix]:
+                if prefix == "gate." or adapter is not None:
+                    raise ValueError(f"{directory}: no weight for {name} ({key})")
+                continue  # e.g. a tied output head, saved once
+            load_full_(param, files[prefix][key])
+            used.add(prefix + key)
+        unused = sorted(p + k for p, f in files.items() for k in f if p + k not in used)
+        if unused and adapter is not None:
+            raise ValueError(f"{directory}: weights that do not fit this model: {unused[:3]}")
 
     @classmethod
     def from_pretrained(

@@ -15,17 +15,20 @@ With ``hybrid=False`` step 3 always feeds ``E[x̂]``: plain token rollouts, the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from hrpo.distributed import gathered_parameters
 from hrpo.latent import project_latent
 from hrpo.marker import MarkerTracker
 from hrpo.model import HybridModel, position_ids_from_mask
 from hrpo.prompts import Prompt, encode_prompts
 from hrpo.sampling import restrict, sample, token_logprobs
+
+StepCallback = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
@@ -155,22 +158,52 @@ class RolloutEngine:
 
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[Prompt], *, num_generations: int | None = None, seed: int | None = None
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        num_generations: int | None = None,
+        seed: int | None = None,
+        on_step: StepCallback | None = None,
     ) -> Rollout:
-        """Sample ``num_generations`` completions for each prompt (default: the config's G)."""
+        """Sample ``num_generations`` completions for each prompt (default: the config's G).
+
+        ``on_step(tokens, running)`` is called after each decoding step with the step's tokens
+        ``(N,)`` and which sequences were still running; it is for streaming output, and costs
+        a device-to-host copy per step.
+        """
         g = num_generations or self.config.num_generations
         ids, mask, texts = self.encode(prompts)
         group_ids = torch.arange(len(prompts)).repeat_interleave(g)
-        rollout = self.generate_from_ids(ids.repeat_interleave(g, 0), mask.repeat_interleave(g, 0), seed=seed)
+        rollout = self.generate_from_ids(
+            ids.repeat_interleave(g, 0), mask.repeat_interleave(g, 0), seed=seed, on_step=on_step
+        )
         rollout.group_ids = group_ids.to(rollout.group_ids.device)
         rollout.prompt_texts = [texts[i] for i in group_ids.tolist()]
         return rollout
 
     @torch.no_grad()
     def generate_from_ids(
-        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, seed: int | None = None
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        *,
+        seed: int | None = None,
+        on_step: StepCallback | None = None,
     ) -> Rollout:
-        """Roll out from left-padded prompt ids ``(N, P)``; each row is one sample."""
+        """Roll out from left-padded prompt ids ``(N, P)``; each row is one sample.
+
+        Under FSDP2 every process must call this together (see :func:`gathered_parameters`).
+        """
+        with gathered_parameters(self.model):
+            return self._generate(prompt_ids, prompt_mask, seed, on_step)
+
+    def _generate(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        seed: int | None,
+        on_step: StepCallback | None,
+    ) -> Rollout:
         cfg, model = self.config, self.model
         device = model.device
         ids, mask = prompt_ids.to(device), prompt_mask.to(device).long()
@@ -221,6 +254,8 @@ class RolloutEngine:
                     latents[:, t] = h * think[:, None]
                     embeds_ratio[:, t] = torch.where(think, a.mean(-1), 1.0)
                     hidden_ratio[:, t] = torch.where(think, torch.sqrt(1 - a * a).mean(-1), 0.0)
+                if on_step is not None:
+                    on_step(tok.cpu(), running.cpu())
                 finished |= is_eos
                 steps = t + 1
                 if steps == max_new or bool(finished.all()):

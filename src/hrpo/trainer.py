@@ -32,12 +32,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from hrpo.advantage import group_advantages
 from hrpo.config import HRPOConfig
+from hrpo.distributed import full_optimizer_state, gathered_parameters, load_optimizer_state
 from hrpo.evaluation import evaluate
 from hrpo.loss import LossNormalizer, policy_loss
 from hrpo.metrics import MetricsLogger
@@ -70,6 +71,19 @@ def _lora_targets(model: torch.nn.Module, wanted: Sequence[str]) -> list[str]:
     if not found:
         raise ValueError(f"none of lora_target_modules={list(wanted)} exist in the model")
     return found
+
+
+def _check_engine(accelerator: Accelerator) -> None:
+    """Refuse distributed engines the trainer does not drive correctly, before any work."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        raise ValueError(
+            "DeepSpeed is not supported: its engine steps the optimiser inside backward(), and hrpo "
+            "runs several backward passes per step. Use FSDP2 for sharding "
+            "(accelerate launch --config_file configs/accelerate/fsdp.yaml ...)"
+        )
+    if kind == DistributedType.FSDP and getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
+        raise ValueError("hrpo needs FSDP2: set fsdp_version: 2 in the accelerate config")
 
 
 def _resolve_dtype(name: str, accelerator: Accelerator) -> str:
@@ -161,6 +175,7 @@ class HRPOTrainer:
             num_warmup_steps=int(math.ceil(cfg.warmup_ratio * self.max_steps * cfg.num_iterations)),
             num_training_steps=self.max_steps * cfg.num_iterations,
         )
+        _check_engine(self.accelerator)
         self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.engine = RolloutEngine(self.model, self.tokenizer, self.rollout_config())
         self.step = 0
@@ -303,10 +318,9 @@ class HRPOTrainer:
                 ref = HybridModel(self.ref_model, self.model.gate)
                 out.append(self._logprobs(ref.completion_logprobs, ro, idx, temperature, hybrid=False))
             else:
+                # Through the wrapped model, so FSDP gathers the shards it needs.
                 with self.model.model.disable_adapter():
-                    out.append(
-                        self._logprobs(self.model.completion_logprobs, ro, idx, temperature, hybrid=False)
-                    )
+                    out.append(self._logprobs(self.ddp_model, ro, idx, temperature, hybrid=False))
         return torch.cat(out)
 
     def generate_rollouts(self, step: int, rows: list[dict[str, Any]]) -> Rollout:
@@ -363,7 +377,7 @@ class HRPOTrainer:
                 old_lp = torch.cat(
                     [
                         self._logprobs(
-                            self.model.completion_logprobs,
+                            self.ddp_model,
                             ro,
                             slice(s, s + cfg.per_device_train_batch_size),
                             loss_t,
@@ -493,11 +507,15 @@ class HRPOTrainer:
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
+        # Full tensors, gathered on every process (FSDP shards), so the files are the same
+        # whatever the number of processes.
+        weights = self.model.trainable_state()
+        optimizer = full_optimizer_state(self.optimizer)
         acc.wait_for_everyone()
         if acc.is_main_process:
             with atomic_directory(path) as tmp:
-                self.model.write_to(tmp)
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                self.model.write_to(tmp, weights)
+                torch.save(optimizer, tmp / "optimizer.pt")
                 torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
                 torch.save(rng, tmp / "rng_state.pt")
                 state = {
@@ -531,8 +549,8 @@ class HRPOTrainer:
                 f"(now {self.accelerator.num_processes}) so the data order is unchanged"
             )
         self.model.load_trainable_state(path)
-        self.optimizer.load_state_dict(
-            torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+        load_optimizer_state(
+            self.optimizer, torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
         )
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         rng = torch.load(path / "rng_state.pt", weights_only=False)
@@ -545,18 +563,23 @@ class HRPOTrainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def evaluate(self, desc: str = "eval") -> dict[str, Any] | None:
-        if not self.eval_dataset or self.task is None or not self.accelerator.is_main_process:
+        """Greedy accuracy on the eval rows, computed by the main process (None elsewhere)."""
+        if not self.eval_dataset or self.task is None:
             return None
-        return evaluate(
-            self.model,
-            self.tokenizer,
-            self.task,
-            self.eval_dataset,
-            self.rollout_config(),
-            batch_size=self.config.eval_batch_size,
-            progress=self.progress,
-            desc=desc,
-        )
+        # Every process joins the gathering of FSDP shards; only the main one generates.
+        with gathered_parameters(self.model):
+            if not self.accelerator.is_main_process:
+                return None
+            return evaluate(
+                self.model,
+                self.tokenizer,
+                self.task,
+                self.eval_dataset,
+                self.rollout_config(),
+                batch_size=self.config.eval_batch_size,
+                progress=self.progress,
+                desc=desc,
+            )
 
     def train(self, resume_from_checkpoint: str | Path | bool | None = None) -> dict[str, Any]:
         """Train up to ``max_steps``; returns a summary (steps, final metrics, output paths).
