@@ -17,7 +17,7 @@ def tiny_dir(tmp_path_factory, tok):
     return path
 
 
-@pytest.mark.parametrize("command", ["train", "generate", "plot", "model"])
+@pytest.mark.parametrize("command", ["train", "eval", "generate", "inspect", "plot", "model"])
 def test_every_option_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -80,7 +80,8 @@ def test_unsupported_engines_are_refused_by_name():
     with pytest.raises(ValueError, match="DeepSpeed is not supported"):
         _check_engine(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED))
     fsdp1 = SimpleNamespace(
-        distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=1))
+        distributed_type=DistributedType.FSDP,
+        state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=1)),
     )
     with pytest.raises(ValueError, match="fsdp_version: 2"):
         _check_engine(fsdp1)

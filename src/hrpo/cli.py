@@ -37,16 +37,40 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
         "answer marker appears) each fed-back token is mixed with a latent vector by the gate.",
     )
     p.add_argument(
-        "prompts", nargs="*", help="prompts; if none are given, one prompt per line is read from stdin"
+        "prompts", nargs="*", help="prompts; with none and no --file, one prompt per line is read from stdin"
+    )
+    p.add_argument(
+        "--file",
+        default=None,
+        help="read prompts from a file: one per line, or a .jsonl file with a 'prompt' field "
+        "(text or chat messages)",
     )
     _add_model_args(p)
+    _add_decoding_args(p, max_new_tokens=256)
+    p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    p.add_argument("--no-hybrid", action="store_true", help="plain token decoding (no latent mixing)")
+    p.add_argument("--num-generations", type=int, default=1, help="completions per prompt (default 1)")
+    p.add_argument("--system-prompt", default=None, help="system turn prepended to each prompt")
+    p.add_argument("--raw", action="store_true", help="feed prompts verbatim, without the chat template")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per completion (batched, not streamed) instead of streamed text",
+    )
+    p.set_defaults(func=_cmd_generate)
+
+
+def _add_decoding_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="hrpo checkpoint directory (LoRA adapter or full weights, plus gate)",
+        help="hrpo checkpoint directory (LoRA adapter or full weights, plus gate) to load on top of --model",
     )
     p.add_argument(
-        "--max-new-tokens", type=int, default=256, help="maximum completion length in tokens (default 256)"
+        "--max-new-tokens",
+        type=int,
+        default=max_new_tokens,
+        help=f"maximum completion length in tokens (default {max_new_tokens})",
     )
     p.add_argument(
         "--temperature",
@@ -60,17 +84,102 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--top-p", type=float, default=1.0, help="nucleus sampling mass after top-k; 1.0 disables (default)"
     )
-    p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
-    p.add_argument("--no-hybrid", action="store_true", help="plain token decoding (no latent mixing)")
-    p.add_argument("--num-generations", type=int, default=1, help="completions per prompt (default 1)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling and for a fresh gate")
     p.add_argument(
         "--answer-marker", default="####", help="string that ends the thinking phase (default '####')"
     )
-    p.add_argument("--system-prompt", default=None, help="system turn prepended to each prompt")
-    p.add_argument("--raw", action="store_true", help="feed prompts verbatim, without the chat template")
-    p.add_argument("--json", action="store_true", help="print one JSON object per completion instead of text")
-    p.set_defaults(func=_cmd_generate)
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling and for a fresh gate")
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model (and optionally a trained checkpoint) on benchmark tasks",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate on one or more tasks: greedy by default, or --num-samples n sampled "
+        "completions per problem (mean accuracy with a 95%% interval over problems, and pass@k). "
+        "Writes OUTPUT/metrics.json and, per task and decoding mode, OUTPUT/TASK-MODE/predictions.jsonl "
+        "and metrics.json. Rerunning with the same --output resumes from the predictions already "
+        "written. For Qwen2.5-1.5B/3B the paper's GRPO and HRPO numbers are shown beside ours.",
+        epilog="tasks: arithmetic, gsm8k, math (MATH500 by default), mmlu_stem, arc_challenge, qa.\n"
+        "example: hrpo eval --task gsm8k --data data/gsm8k/test.jsonl --limit 50 --hybrid both",
+    )
+    p.add_argument("--task", nargs="+", required=True, metavar="TASK", help="task names to evaluate")
+    _add_model_args(p)
+    _add_decoding_args(p, max_new_tokens=512)
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="[TASK=]PATH",
+        help="local JSON/JSONL/Parquet file used as the evaluated split (repeat as TASK=PATH for "
+        "several tasks); without it the task's hub data set is used, if reachable",
+    )
+    p.add_argument(
+        "--task-args",
+        default=None,
+        metavar="YAML",
+        help="extra task settings as a YAML mapping, e.g. '{columns: {question: q}, num_passages: 3}'",
+    )
+    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N problems only")
+    p.add_argument("--batch-size", type=int, default=16, help="problems decoded together (default 16)")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="completions per problem: 1 = greedy (default); more = sampled at --temperature",
+    )
+    p.add_argument(
+        "--pass-k",
+        type=int,
+        nargs="+",
+        default=None,
+        help="k values for pass@k with --num-samples > 1 (default 1, 2, 4, ... n)",
+    )
+    p.add_argument(
+        "--hybrid",
+        choices=["on", "off", "both"],
+        default="on",
+        help="hybrid latent decoding (on, default), plain token decoding (off), or both one after the other",
+    )
+    p.add_argument(
+        "--max-prompt-length",
+        type=int,
+        default=2048,
+        help="prompts longer than this many tokens are an error (default 2048)",
+    )
+    p.add_argument(
+        "--benchmark",
+        default=None,
+        help="the paper's benchmark to compare with when it cannot be told from the task "
+        "(e.g. MATH for the full MATH test set; default: gsm8k→GSM8K, math→MATH500, ...)",
+    )
+    p.add_argument("--output", default=None, help="output directory (default runs/eval/MODEL)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _inspect_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show, token by token, where and how much a completion reasons in latent space",
+        description="Generate one completion (greedy unless --sample) and print, for every token: whether "
+        "it was a thinking position, a (the gate's weight on the token embedding, averaged over "
+        "dimensions; 1 = pure token), the hidden ratio sqrt(1-a^2), and the vocabulary tokens whose "
+        "embeddings are closest (cosine) to the latent vector mixed in at that position.",
+    )
+    p.add_argument("prompt", help="the prompt (a user turn in the chat template unless --raw)")
+    _add_model_args(p)
+    _add_decoding_args(p, max_new_tokens=128)
+    p.add_argument("--sample", action="store_true", help="sample at --temperature instead of greedy decoding")
+    p.add_argument(
+        "--top", type=int, default=5, help="nearest vocabulary tokens shown per latent (default 5)"
+    )
+    p.add_argument("--system-prompt", default=None, help="system turn (default: the marker instruction)")
+    p.add_argument("--raw", action="store_true", help="feed the prompt verbatim, without the chat template")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--png", default=None, metavar="PATH", help="also draw the tokens as a heatmap PNG")
+    p.set_defaults(func=_cmd_inspect)
 
 
 def _model_parser(sub: argparse._SubParsersAction) -> None:
@@ -133,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hrpo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
+    _eval_parser(sub)
     _generate_parser(sub)
+    _inspect_parser(sub)
     _plot_parser(sub)
     _model_parser(sub)
     return parser
@@ -217,20 +328,229 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
+def _load_hybrid(args: argparse.Namespace):
+    """The base model (``--model``) wrapped with the checkpoint's adapter and gate, or a fresh gate."""
     from hrpo.loading import load_model
     from hrpo.model import HybridModel
-    from hrpo.rollout import RolloutConfig, RolloutEngine
 
-    prompts = list(args.prompts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not prompts:
-        print("hrpo generate: no prompts given (pass them as arguments or on stdin)", file=sys.stderr)
-        return 2
     base, tok = load_model(args.model, dtype=args.dtype, device=_device(args.device))
     if args.checkpoint:
         model = HybridModel.from_pretrained(args.checkpoint, base).to(base.device)
     else:
-        model = HybridModel(base, seed=args.seed)
+        model = HybridModel(base, seed=args.seed if args.seed is not None else 0)
+    return model.eval(), tok
+
+
+def _data_files(entries: list[str], tasks: list[str]) -> dict[str, str]:
+    """``--data`` values (``PATH`` or ``TASK=PATH``) by task name."""
+    files: dict[str, str] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if sep and name in tasks:
+            files[name] = path
+        elif len(tasks) == 1:
+            files[tasks[0]] = entry
+        else:
+            raise ValueError(
+                f"--data {entry!r}: with several tasks write TASK=PATH (tasks: {', '.join(tasks)})"
+            )
+    return files
+
+
+def _fmt_acc(m: dict) -> str:
+    low, high = m["accuracy_ci95"]
+    return f"{m['accuracy']:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from hrpo.evaluation import evaluate
+    from hrpo.loading import resolve_model_path
+    from hrpo.paper import benchmark_name, paper_result
+    from hrpo.rollout import RolloutConfig
+    from hrpo.storage import atomic_write_text
+    from hrpo.tasks import get_task
+
+    if args.num_samples < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 0):
+        raise ValueError("--num-samples and --batch-size must be >= 1 and --limit >= 0")
+    task_args = yaml.safe_load(args.task_args) if args.task_args else {}
+    if not isinstance(task_args, dict):
+        raise ValueError(f"--task-args must be a YAML mapping, got {args.task_args!r}")
+    data = _data_files(args.data, args.task)
+    tasks = {}
+    for name in args.task:
+        kwargs = {"marker": args.answer_marker, **task_args}
+        if name in data:
+            kwargs["data_files"] = {args.split: data[name]}
+        tasks[name] = get_task(name, **kwargs)  # bad names and settings fail before the model loads
+
+    model_name = args.model or "SmolLM2-135M-Instruct"
+    out = Path(args.output or Path("runs") / "eval" / Path(model_name.rstrip("/")).name)
+    model, tok = _load_hybrid(args)
+    model_path = str(resolve_model_path(args.model))
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.hybrid]
+    results, written = [], []
+    for name, task in tasks.items():
+        rows = task.load(args.split, limit=args.limit)
+        if not rows:
+            raise ValueError(f"task {name}: split {args.split!r} has no rows")
+        for hybrid in modes:
+            mode = "hybrid" if hybrid else "plain"
+            slug = re.sub(r"[^\w.-]+", "_", name)  # a custom task's module:Class, as a file name
+            run_dir = out / f"{slug}-{mode}"
+            written.append(f"{run_dir.name}/predictions.jsonl")
+            settings = {
+                "model": model_path,
+                "checkpoint": args.checkpoint,
+                "task": name,
+                "task_args": task_args,
+                "data": data.get(name),
+                "split": args.split,
+                "num_samples": args.num_samples,
+                "temperature": args.temperature,
+                "top_k": args.top_k,
+                "top_p": args.top_p,
+                "max_new_tokens": args.max_new_tokens,
+                "answer_marker": args.answer_marker,
+                "hybrid": hybrid,
+                "seed": args.seed,
+            }
+            _check_resumable(run_dir, settings)
+            cfg = RolloutConfig(
+                max_prompt_length=args.max_prompt_length,
+                max_completion_length=args.max_new_tokens,
+                temperature=args.temperature,
+                top_k=args.top_k or None,
+                top_p=args.top_p,
+                hybrid=hybrid,
+                answer_marker=args.answer_marker,
+            )
+            start = time.perf_counter()
+            metrics = evaluate(
+                model,
+                tok,
+                task,
+                rows,
+                cfg,
+                num_samples=args.num_samples,
+                batch_size=args.batch_size,
+                seed=args.seed or 0,
+                pass_ks=args.pass_k,
+                predictions_path=run_dir / "predictions.jsonl",
+                progress=not args.no_progress,
+                desc=f"{name} ({mode})",
+            )
+            metrics.pop("predictions")
+            metrics["seconds"] = time.perf_counter() - start
+            benchmark = args.benchmark or benchmark_name(name)
+            paper = paper_result(model_name, benchmark) or paper_result(model_path, benchmark)
+            entry = {"task": name, "mode": mode, "benchmark": benchmark, **metrics}
+            if paper:
+                entry["paper"] = {"grpo": paper[0], "hrpo": paper[1]}
+            if name == "qa" and "per_group" in metrics:
+                for group, gm in metrics["per_group"].items():
+                    found = paper_result(model_name, benchmark_name("qa", group))
+                    if found:
+                        gm["paper"] = {"grpo": found[0], "hrpo": found[1]}
+            atomic_write_text(run_dir / "metrics.json", json.dumps(entry, indent=2) + "\n")
+            results.append(entry)
+
+    summary_file = out / "metrics.json"
+    previous = json.loads(summary_file.read_text()).get("results", []) if summary_file.is_file() else []
+    keep = [r for r in previous if (r["task"], r["mode"]) not in {(e["task"], e["mode"]) for e in results}]
+    summary = {
+        "model": model_path,
+        "checkpoint": args.checkpoint,
+        "split": args.split,
+        "results": keep + results,
+    }
+    atomic_write_text(summary_file, json.dumps(summary, indent=2) + "\n")
+    _print_eval_table(results)
+    print(f"\nwrote {summary_file} and {', '.join(written)} under {out}")
+    return 0
+
+
+def _check_resumable(run_dir, settings: dict) -> None:
+    """Refuse to mix predictions made with other settings into ``run_dir``."""
+    from hrpo.storage import atomic_write_text
+
+    config_file = run_dir / "eval_config.json"
+    if config_file.is_file():
+        old = json.loads(config_file.read_text())
+        changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if changed and (run_dir / "predictions.jsonl").is_file():
+            what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(
+                f"{run_dir} holds predictions made with other settings ({what}); "
+                "use another --output or delete that directory"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(config_file, json.dumps(settings, indent=2) + "\n")
+
+
+def _print_eval_table(results: list[dict]) -> None:
+    header = f"{'task':<14}{'mode':<8}{'n':>5}  {'accuracy [95% CI]':<22}{'length':>7}{'hidden':>8}{'tok/s':>7}{'time':>7}"
+    print(header + "   paper GRPO / HRPO")
+    for r in results:
+        paper = r.get("paper")
+        paper_text = f"   {paper['grpo']:.3f} / {paper['hrpo']:.3f}" if paper else ""
+        tps = f"{r['tokens_per_second']:.0f}" if r.get("tokens_per_second") else "-"
+        print(
+            f"{r['task']:<14}{r['mode']:<8}{r['num_examples']:>5}  {_fmt_acc(r):<22}"
+            f"{r['completion_length']:>7.0f}{r['hidden_ratio']:>8.3f}{tps:>7}{r['seconds']:>6.0f}s{paper_text}"
+        )
+        for k in [k for k in r if k.startswith("pass@")]:
+            print(f"{'':<29}{k}: {r[k]:.3f}")
+        for group, gm in r.get("per_group", {}).items():
+            gp = gm.get("paper")
+            gp_text = f"   {gp['grpo']:.3f} / {gp['hrpo']:.3f}" if gp else ""
+            print(f"{'':<2}{group[:20]:<20}{gm['num_examples']:>5}  {gm['accuracy']:.3f}{gp_text}")
+
+
+def _read_prompts(args: argparse.Namespace) -> list:
+    from pathlib import Path
+
+    if args.file:
+        path = Path(args.file)
+        if path.suffix == ".jsonl":
+            from hrpo.tasks.data import read_records
+
+            records = read_records(path)
+            for i, rec in enumerate(records):
+                if not isinstance(rec, dict) or "prompt" not in rec:
+                    raise ValueError(f"{path}: record {i} has no 'prompt' field")
+            return [rec["prompt"] for rec in records]
+        return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return list(args.prompts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+
+
+class _Streamer:
+    """Prints one sequence's text as its tokens arrive (holding back incomplete UTF-8)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.ids, self.printed = tokenizer, [], 0
+
+    def __call__(self, tokens, running) -> None:
+        if bool(running[0]):
+            self.ids.append(int(tokens[0]))
+            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            if not text.endswith("\ufffd"):
+                print(text[self.printed :], end="", flush=True)
+                self.printed = len(text)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from hrpo.rollout import RolloutConfig, RolloutEngine
+
+    prompts = _read_prompts(args)
+    if not prompts:
+        print("hrpo generate: no prompts given (arguments, --file or stdin)", file=sys.stderr)
+        return 2
+    model, tok = _load_hybrid(args)
     cfg = RolloutConfig(
         num_generations=args.num_generations,
         max_prompt_length=None,
@@ -244,30 +564,76 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         system_prompt=args.system_prompt,
         chat_template=not args.raw,
     )
-    start = time.perf_counter()
-    ro = RolloutEngine(model, tok, cfg).generate(prompts, seed=args.seed)
-    seconds = time.perf_counter() - start
-    for i, text in enumerate(ro.completion_texts):
-        think = ro.thinking_mask[i]
-        record = {
-            "prompt": prompts[int(ro.group_ids[i])],
-            "completion": text,
-            "completion_tokens": int(ro.completion_lengths[i]),
-            "thinking_tokens": int(think.sum()),
-            "embeds_ratio": float(ro.embeds_ratio[i][think].mean()) if think.any() else 1.0,
-            "hidden_ratio": float(ro.hidden_ratio[i][think].mean()) if think.any() else 0.0,
-        }
-        if args.json:
-            print(json.dumps(record, ensure_ascii=False))
-        else:
-            print(f"=== [{i}] {record['prompt']}")
-            print(text)
+    engine = RolloutEngine(model, tok, cfg)
+    start, tokens = time.perf_counter(), 0
+    if args.json:  # machine output: one batch, one JSON line per completion
+        ro = engine.generate(prompts, seed=args.seed)
+        tokens = int(ro.completion_lengths.sum())
+        for i, text in enumerate(ro.completion_texts):
             print(
-                f"--- {record['completion_tokens']} tokens, {record['thinking_tokens']} thinking, "
-                f"hidden ratio {record['hidden_ratio']:.3f}"
+                json.dumps(_completion_record(prompts[int(ro.group_ids[i])], text, ro, i), ensure_ascii=False)
             )
-    tokens = int(ro.completion_lengths.sum())
+    else:  # people: each completion streamed as it is decoded
+        k = 0
+        for prompt in prompts:
+            for _ in range(args.num_generations):
+                shown = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
+                print(f"=== [{k}] {shown}", flush=True)
+                seed = None if args.seed is None else args.seed + k
+                ro = engine.generate([prompt], num_generations=1, seed=seed, on_step=_Streamer(tok))
+                rec = _completion_record(prompt, ro.completion_texts[0], ro, 0)
+                tokens += rec["completion_tokens"]
+                print(
+                    f"\n--- {rec['completion_tokens']} tokens, {rec['thinking_tokens']} thinking, "
+                    f"hidden ratio {rec['hidden_ratio']:.3f}",
+                    flush=True,
+                )
+                k += 1
+    seconds = time.perf_counter() - start
     print(f"{tokens} tokens in {seconds:.1f} s ({tokens / seconds:.1f} tokens/s)", file=sys.stderr)
+    return 0
+
+
+def _completion_record(prompt, text: str, ro, i: int) -> dict:
+    think = ro.thinking_mask[i]
+    return {
+        "prompt": prompt,
+        "completion": text,
+        "completion_tokens": int(ro.completion_lengths[i]),
+        "thinking_tokens": int(think.sum()),
+        "embeds_ratio": float(ro.embeds_ratio[i][think].mean()) if think.any() else 1.0,
+        "hidden_ratio": float(ro.hidden_ratio[i][think].mean()) if think.any() else 0.0,
+    }
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from hrpo.inspection import format_table, inspect_prompt, plot_heatmap
+    from hrpo.rollout import RolloutConfig
+    from hrpo.tasks.base import format_instruction
+
+    if args.top < 1:
+        raise ValueError("--top must be >= 1")
+    model, tok = _load_hybrid(args)
+    cfg = RolloutConfig(
+        max_prompt_length=None,
+        max_completion_length=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        do_sample=args.sample,
+        answer_marker=args.answer_marker,
+        system_prompt=args.system_prompt or format_instruction(args.answer_marker),
+        chat_template=not args.raw,
+    )
+    report = inspect_prompt(model, tok, args.prompt, cfg, top=args.top, seed=args.seed)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=1))
+    else:
+        print(report["completion"])
+        print()
+        print(format_table(report))
+    if args.png:
+        print(f"heatmap: {plot_heatmap(report, args.png)}", file=sys.stderr)
     return 0
 
 

@@ -33,7 +33,8 @@ class HRPOConfig:
 
     # ---- task --------------------------------------------------------------------------------
     task: str = "arithmetic"
-    """Registered task (hrpo.tasks) supplying prompts, references and the reward."""
+    """Registered task (hrpo.tasks) supplying prompts, references and the reward, or a custom one as
+    ``package.module:ClassName`` (a Task subclass or a function returning a Task)."""
     task_args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the task's constructor (e.g. ``{difficulty: 2}`` for arithmetic)."""
     eval_limit: int = 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +28,41 @@ def register_task(name: str, factory: Callable[..., Task], *, overwrite: bool = 
     _REGISTRY[name] = factory
 
 
+class UnknownTaskError(KeyError, ValueError):
+    """A task name that is neither registered nor an importable ``module:attribute``."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def _import_factory(path: str) -> Callable[..., Task]:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownTaskError(f"task {path!r}: cannot import module {module_name!r} ({exc})") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UnknownTaskError(f"task {path!r}: {module_name} has no callable {attr!r}")
+    return factory
+
+
 def get_task(name: str, **kwargs: Any) -> Task:
-    """A new task by registered name; unknown names raise ``KeyError`` listing the known ones."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks()) or '(none)'}")
-    task = _REGISTRY[name](**kwargs)
+    """A new task by registered name, or from ``package.module:factory`` (a Task subclass or a
+    function returning a Task), so a custom task needs no registration: ``task: mytasks:Sudoku``.
+
+    Unknown names raise :class:`UnknownTaskError` (a ``KeyError``) listing the known ones.
+    """
+    if name in _REGISTRY:
+        factory = _REGISTRY[name]
+    elif isinstance(name, str) and ":" in name:
+        factory = _import_factory(name)
+    else:
+        raise UnknownTaskError(
+            f"unknown task {name!r}; known tasks: {', '.join(list_tasks()) or '(none)'}, "
+            "or a custom one as package.module:ClassName"
+        )
+    task = factory(**kwargs)
     if not isinstance(task, Task):
         raise TypeError(f"the factory for task {name!r} returned {type(task).__name__}, not a Task")
     return task
@@ -59,6 +90,7 @@ __all__ = [
     "QATask",
     "Task",
     "TaskReward",
+    "UnknownTaskError",
     "clean_answer",
     "completion_text",
     "get_task",
