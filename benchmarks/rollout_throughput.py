@@ -1,19 +1,23 @@
-"""Rollout throughput: hrpo hybrid rollouts vs plain rollouts vs ``model.generate`` sampling.
+"""Rollout throughput: (a) hrpo hybrid rollouts, (b) hrpo plain rollouts, (c) ``model.generate``
+sampling, (d) a reference-implementation-style hybrid loop (``reference_loop.py``).
 
-All three generate exactly ``--new-tokens`` tokens per sequence (EOS ignored) for the same
-prompts, batch size, temperature and top-k, timed in one process, one after the other, with a
-warm-up run each; the median of ``--repeats`` runs is reported. Results go to a JSON file.
+All four generate exactly ``--new-tokens`` tokens per sequence (EOS ignored) for the same
+prompts, batch size, temperature and top-k, timed in one process, one after the other, each
+after a short warm-up run (``--warmup-tokens``); the median of ``--repeats`` runs is reported.
+Results go to a JSON file.
 
-    python benchmarks/rollout_throughput.py                       # SmolLM2, CPU
-    python benchmarks/rollout_throughput.py --batch-sizes 8 32 --new-tokens 128
+    python benchmarks/rollout_throughput.py                                   # SmolLM2, CPU
+    python benchmarks/rollout_throughput.py --batch-sizes 8 32 --new-tokens 512 --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +26,9 @@ import transformers
 
 from hrpo import HybridModel, RolloutConfig, RolloutEngine
 from hrpo.loading import load_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference_loop import reference_style_rollout  # noqa: E402
 
 PROMPTS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -34,12 +41,13 @@ PROMPTS = [
 ]
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
+def timed(fn, repeats: int, warmup_tokens: int) -> float:
+    """Median seconds of ``fn(new_tokens)`` at full length, after one short warm-up call."""
+    fn(warmup_tokens)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        fn(None)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -49,9 +57,11 @@ def main() -> None:
     ap.add_argument(
         "--model", default=None, help="model name or path (default: embedded SmolLM2-135M-Instruct)"
     )
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 64, 128], help="batch sizes")
+    ap.add_argument("--new-tokens", type=int, default=512, help="tokens generated per sequence")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per method (median reported)")
+    ap.add_argument("--warmup-tokens", type=int, default=16, help="length of each method's warm-up run")
+    ap.add_argument("--methods", nargs="+", default=["hybrid", "plain", "generate", "reference"])
     ap.add_argument("--temperature", type=float, default=0.5)
     ap.add_argument("--top-k", type=int, default=50)
     ap.add_argument("--output", default="benchmarks/results/rollout_throughput_cpu.json")
@@ -70,41 +80,55 @@ def main() -> None:
             ignore_eos=True,
             max_prompt_length=None,
         )
-        hybrid = RolloutEngine(model, tok, RolloutConfig(hybrid=True, **common))
-        plain = RolloutEngine(model, tok, RolloutConfig(hybrid=False, **common))
-        ids, mask, _ = hybrid.encode(prompts)
+        engines = {
+            "hybrid": RolloutEngine(model, tok, RolloutConfig(hybrid=True, **common)),
+            "plain": RolloutEngine(model, tok, RolloutConfig(hybrid=False, **common)),
+        }
+        ids, mask, _ = engines["hybrid"].encode(prompts)
         ids, mask = ids.to(device), mask.to(device)
 
-        def run_generate(ids=ids, mask=mask):
-            with torch.no_grad():
-                hf.generate(
+        def run(method: str, new_tokens: int | None, ids=ids, mask=mask, engines=engines) -> None:
+            length = new_tokens or args.new_tokens
+            if method in engines:
+                engine = engines[method]
+                engine.config = dataclasses.replace(engine.config, max_completion_length=length)
+                engine.generate_from_ids(ids, mask, seed=0)
+            elif method == "generate":
+                with torch.no_grad():
+                    hf.generate(
+                        ids,
+                        attention_mask=mask,
+                        do_sample=True,
+                        temperature=args.temperature,
+                        top_k=args.top_k,
+                        top_p=1.0,
+                        max_new_tokens=length,
+                        min_new_tokens=length,
+                        pad_token_id=tok.pad_token_id,
+                    )
+            else:
+                reference_style_rollout(
+                    model,
+                    tok,
                     ids,
-                    attention_mask=mask,
-                    do_sample=True,
+                    mask,
+                    max_new_tokens=length,
                     temperature=args.temperature,
                     top_k=args.top_k,
-                    top_p=1.0,
-                    max_new_tokens=args.new_tokens,
-                    min_new_tokens=args.new_tokens,
-                    pad_token_id=tok.pad_token_id,
                 )
 
         tokens = bs * args.new_tokens
-        t_h = timed(lambda h=hybrid, i=ids, m=mask: h.generate_from_ids(i, m, seed=0), args.repeats)
-        t_p = timed(lambda p=plain, i=ids, m=mask: p.generate_from_ids(i, m, seed=0), args.repeats)
-        t_g = timed(run_generate, args.repeats)
-        row = {
-            "batch_size": bs,
-            "new_tokens": args.new_tokens,
-            "prompt_tokens_max": int(mask.sum(-1).max()),
-            "hybrid_tok_s": tokens / t_h,
-            "plain_tok_s": tokens / t_p,
-            "generate_tok_s": tokens / t_g,
-        }
-        row["hybrid_over_generate"] = row["hybrid_tok_s"] / row["generate_tok_s"]
-        row["plain_over_generate"] = row["plain_tok_s"] / row["generate_tok_s"]
+        row = {"batch_size": bs, "new_tokens": args.new_tokens, "prompt_tokens_max": int(mask.sum(-1).max())}
+        for method in args.methods:
+            seconds = timed(lambda n, m=method: run(m, n), args.repeats, args.warmup_tokens)
+            row[f"{method}_tok_s"] = tokens / seconds
+            print(f"batch {bs}: {method} {tokens / seconds:.1f} tok/s", flush=True)
+        for num in ("hybrid", "plain"):
+            for den in ("generate", "reference"):
+                if f"{num}_tok_s" in row and f"{den}_tok_s" in row:
+                    row[f"{num}_over_{den}"] = row[f"{num}_tok_s"] / row[f"{den}_tok_s"]
         rows.append(row)
-        print(json.dumps(row))
+        print(json.dumps(row), flush=True)
 
     result = {
         "benchmark": "rollout_throughput",
@@ -118,6 +142,7 @@ def main() -> None:
         "temperature": args.temperature,
         "top_k": args.top_k,
         "repeats": args.repeats,
+        "warmup_tokens": args.warmup_tokens,
         "rows": rows,
     }
     out = Path(args.output)

@@ -61,6 +61,10 @@ class RolloutConfig:
     """Storage dtype of latents (default: the model's dtype); the rollout feeds the stored values."""
     ignore_eos: bool = False
     """Keep generating past EOS up to ``max_completion_length`` (for throughput benchmarks)."""
+    compact_finished: bool = True
+    """Drop finished sequences from the decoding batch (and their KV-cache rows) once a quarter
+    of it has finished, so they stop costing compute. Results are unchanged: sampling noise is
+    drawn for the full batch either way."""
 
     def __post_init__(self) -> None:
         if self.num_generations < 1:
@@ -221,6 +225,9 @@ class RolloutEngine:
         embeds_ratio = torch.ones((n, max_new), dtype=torch.float32, device=device)
         hidden_ratio = torch.zeros((n, max_new), dtype=torch.float32, device=device)
         latents = torch.zeros((n, max_new, model.hidden_size), dtype=latent_dtype, device=device)
+        # The decoding batch: `rows` are its sequences' indices in the outputs; it shrinks when
+        # finished sequences are compacted away.
+        rows = torch.arange(n, device=device)
         finished = torch.zeros(n, dtype=torch.bool, device=device)
         state = marker.initial_state(n)
 
@@ -235,14 +242,21 @@ class RolloutEngine:
             steps = 0
             for t in range(max_new):
                 support = restrict(logits, cfg.temperature, cfg.top_k, cfg.top_p)
-                tok = sample(support, gen) if cfg.do_sample else logits.argmax(dim=-1)
+                if cfg.do_sample:
+                    # Noise for all n sequences, so compaction does not change what is sampled.
+                    noise = torch.empty((n, support.probs.shape[-1]), device=device).exponential_(
+                        generator=gen
+                    )
+                    tok = sample(support, noise=noise if len(rows) == n else noise[rows])
+                else:
+                    tok = logits.argmax(dim=-1)
                 tok = tok.masked_fill(finished, self.pad_id)
                 running = ~finished
                 is_eos = torch.isin(tok, eos_ids) & running
                 state = marker.step(state, tok)
-                completion[:, t] = tok
-                comp_mask[:, t] = running.long()
-                logprobs[:, t] = token_logprobs(logits, tok, cfg.temperature) * running
+                completion[rows, t] = tok
+                comp_mask[rows, t] = running.long()
+                logprobs[rows, t] = token_logprobs(logits, tok, cfg.temperature) * running
 
                 embeds = model.embed_tokens(tok)
                 if cfg.hybrid:
@@ -250,17 +264,25 @@ class RolloutEngine:
                     h = project_latent(support, weight, scale).to(latent_dtype)
                     mixed, a = model.gate(embeds, h)
                     embeds = torch.where(think[:, None], mixed, embeds)
-                    thinking[:, t] = think
-                    latents[:, t] = h * think[:, None]
-                    embeds_ratio[:, t] = torch.where(think, a.mean(-1), 1.0)
-                    hidden_ratio[:, t] = torch.where(think, torch.sqrt(1 - a * a).mean(-1), 0.0)
+                    thinking[rows, t] = think
+                    latents[rows, t] = h * think[:, None]
+                    embeds_ratio[rows, t] = torch.where(think, a.mean(-1), 1.0)
+                    hidden_ratio[rows, t] = torch.where(think, torch.sqrt(1 - a * a).mean(-1), 0.0)
                 if on_step is not None:
-                    on_step(tok.cpu(), running.cpu())
+                    on_step(completion[:, t].cpu(), comp_mask[:, t].bool().cpu())
                 finished |= is_eos
                 steps = t + 1
-                if steps == max_new or bool(finished.all()):
+                if steps == max_new:
                     break
-                mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
+                done = int(finished.sum())  # the one host synchronisation per step
+                if done == len(rows):
+                    break
+                if cfg.compact_finished and done * 4 >= len(rows):
+                    keep = (~finished).nonzero().squeeze(1)
+                    cache.batch_select_indices(keep)
+                    rows, finished, state = rows[keep], finished[keep], state[keep]
+                    mask, next_pos, embeds = mask[keep], next_pos[keep], embeds[keep]
+                mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
                 hidden = model.decode(embeds[:, None], mask, next_pos, past_key_values=cache)
                 logits = model.logits(hidden[:, -1])
                 next_pos = next_pos + 1

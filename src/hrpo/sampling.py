@@ -58,13 +58,17 @@ def _mask_top_p(sorted_vals: torch.Tensor, top_p: float) -> torch.Tensor:
     return sorted_vals.masked_fill(mass_before >= top_p, float("-inf"))
 
 
-def sample(support: Support, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(
+    support: Support, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+) -> torch.Tensor:
     """Draw one token id per row from ``support``.
 
     Uses the exponential-race form of categorical sampling (``argmax p / E`` with
     ``E ~ Exp(1)``): the same law as ``torch.multinomial``, without a host synchronisation.
+    ``noise`` supplies ``E`` (shaped like ``support.probs``) instead of drawing it.
     """
-    noise = torch.empty_like(support.probs).exponential_(generator=generator)
+    if noise is None:
+        noise = torch.empty_like(support.probs).exponential_(generator=generator)
     choice = (support.probs / noise).argmax(dim=-1)
     if support.index is None:
         return choice
