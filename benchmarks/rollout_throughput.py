@@ -3,7 +3,8 @@ sampling, (d) a reference-implementation-style hybrid loop (``reference_loop.py`
 
 All four generate exactly ``--new-tokens`` tokens per sequence (EOS ignored) for the same
 prompts, batch size, temperature and top-k, timed in one process, one after the other, each
-after a short warm-up run (``--warmup-tokens``); the median of ``--repeats`` runs is reported.
+after a short warm-up run (``--warmup-tokens``); the methods take turns within each of the
+``--repeats`` rounds and each one's median is reported.
 Results go to a JSON file.
 
     python benchmarks/rollout_throughput.py                                   # SmolLM2, CPU
@@ -25,9 +26,10 @@ import torch
 import transformers
 
 from hrpo import HybridModel, RolloutConfig, RolloutEngine
-from hrpo.loading import load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bandwidth_floor import copy_bandwidth, floor_tokens_per_second  # noqa: E402
+from common import add_model_args, describe_model, load_bench_model  # noqa: E402
 from reference_loop import reference_style_rollout  # noqa: E402
 
 PROMPTS = [
@@ -41,34 +43,44 @@ PROMPTS = [
 ]
 
 
-def timed(fn, repeats: int, warmup_tokens: int) -> float:
-    """Median seconds of ``fn(new_tokens)`` at full length, after one short warm-up call."""
-    fn(warmup_tokens)
-    times = []
+def timed_interleaved(fns: dict, repeats: int, warmup_tokens: int) -> dict[str, float]:
+    """Median seconds per method of ``fn(None)`` (full length), after one short warm-up call each.
+
+    The methods take turns within each repeat, so a slow drift of the machine (other load,
+    frequency changes) spreads over all of them instead of biasing the one measured last.
+    """
+    for fn in fns.values():
+        fn(warmup_tokens)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn(None)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(None)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--model", default=None, help="model name or path (default: embedded SmolLM2-135M-Instruct)"
-    )
+    add_model_args(ap)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 64, 128], help="batch sizes")
     ap.add_argument("--new-tokens", type=int, default=512, help="tokens generated per sequence")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per method (median reported)")
     ap.add_argument("--warmup-tokens", type=int, default=16, help="length of each method's warm-up run")
-    ap.add_argument("--methods", nargs="+", default=["hybrid", "plain", "generate", "reference"])
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["hybrid", "hybrid_static", "plain", "generate", "reference"],
+        help="hybrid, hybrid_static (static KV cache), plain, generate, reference",
+    )
     ap.add_argument("--temperature", type=float, default=0.5)
     ap.add_argument("--top-k", type=int, default=50)
     ap.add_argument("--output", default="benchmarks/results/rollout_throughput_cpu.json")
     args = ap.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    hf, tok = load_model(args.model, device=device)
+    hf, tok = load_bench_model(args, device)
+    bandwidth = copy_bandwidth(device)
     model = HybridModel(hf, seed=0)
     rows = []
     for bs in args.batch_sizes:
@@ -83,6 +95,7 @@ def main() -> None:
         engines = {
             "hybrid": RolloutEngine(model, tok, RolloutConfig(hybrid=True, **common)),
             "plain": RolloutEngine(model, tok, RolloutConfig(hybrid=False, **common)),
+            "hybrid_static": RolloutEngine(model, tok, RolloutConfig(hybrid=True, cache="static", **common)),
         }
         ids, mask, _ = engines["hybrid"].encode(prompts)
         ids, mask = ids.to(device), mask.to(device)
@@ -119,11 +132,14 @@ def main() -> None:
 
         tokens = bs * args.new_tokens
         row = {"batch_size": bs, "new_tokens": args.new_tokens, "prompt_tokens_max": int(mask.sum(-1).max())}
-        for method in args.methods:
-            seconds = timed(lambda n, m=method: run(m, n), args.repeats, args.warmup_tokens)
+        fns = {m: (lambda n, m=m: run(m, n)) for m in args.methods}
+        for method, seconds in timed_interleaved(fns, args.repeats, args.warmup_tokens).items():
             row[f"{method}_tok_s"] = tokens / seconds
-            print(f"batch {bs}: {method} {tokens / seconds:.1f} tok/s", flush=True)
-        for num in ("hybrid", "plain"):
+        prompt_len = int(mask.sum(-1).max())
+        row["floor_tok_s"] = floor_tokens_per_second(model, bs, prompt_len, args.new_tokens, bandwidth)
+        if "hybrid_tok_s" in row:
+            row["hybrid_fraction_of_floor"] = row["hybrid_tok_s"] / row["floor_tok_s"]
+        for num in ("hybrid", "hybrid_static", "plain"):
             for den in ("generate", "reference"):
                 if f"{num}_tok_s" in row and f"{den}_tok_s" in row:
                     row[f"{num}_over_{den}"] = row[f"{num}_tok_s"] / row[f"{den}_tok_s"]
@@ -132,7 +148,8 @@ def main() -> None:
 
     result = {
         "benchmark": "rollout_throughput",
-        "model": args.model or "SmolLM2-135M-Instruct (embedded)",
+        "model": describe_model(args),
+        "copy_bandwidth_gb_s": bandwidth / 1e9,
         "dtype": str(hf.dtype),
         "device": device if device == "cpu" else torch.cuda.get_device_name(),
         "cpu": platform.processor() or platform.machine(),

@@ -192,3 +192,33 @@ def test_compacting_finished_sequences_changes_nothing(make_model, tok, monkeypa
         torch.testing.assert_close(getattr(compact, name), getattr(plain, name), atol=atol, rtol=0)
     recomputed = engine(model, tok, **kw).teacher_forced_logprobs(compact)
     torch.testing.assert_close(recomputed, compact.logprobs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_checking_for_finished_sequences_less_often_changes_nothing(make_model, tok, compact):
+    model = HybridModel(eos_biased(make_model("llama"), tok.eos_token_id, 0.25), seed=0, r_min=0.5, r_max=0.6)
+    kw = dict(max_completion_length=40, temperature=1.0, num_generations=4, compact_finished=compact)
+    every = engine(model, tok, **kw).generate(PROMPTS, seed=3)
+    rarely = engine(model, tok, sync_every=8, **kw).generate(PROMPTS, seed=3)
+    assert every.completion_lengths.unique().numel() > 2
+    for name in ("completion_ids", "completion_mask", "thinking_mask"):
+        assert torch.equal(getattr(every, name), getattr(rarely, name)), name
+    recomputed = engine(model, tok, **kw).teacher_forced_logprobs(rarely)
+    torch.testing.assert_close(recomputed, rarely.logprobs, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="sync_every"):
+        RolloutConfig(sync_every=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text"])
+def test_static_cache_gives_the_same_rollouts(make_model, tok, arch):
+    model = HybridModel(eos_biased(make_model(arch), tok.eos_token_id, 0.1), seed=0)
+    kw = dict(max_completion_length=24, temperature=1.0, num_generations=2)
+    dynamic = engine(model, tok, compact_finished=False, **kw).generate(PROMPTS, seed=4)
+    static = engine(model, tok, cache="static", **kw).generate(PROMPTS, seed=4)
+    assert torch.equal(dynamic.completion_ids, static.completion_ids)
+    assert torch.equal(dynamic.thinking_mask, static.thinking_mask)
+    torch.testing.assert_close(static.logprobs, dynamic.logprobs, atol=1e-4, rtol=0)
+    recomputed = engine(model, tok, **kw).teacher_forced_logprobs(static)
+    torch.testing.assert_close(recomputed, static.logprobs, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="cache"):
+        RolloutConfig(cache="paged")

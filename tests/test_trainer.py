@@ -90,6 +90,7 @@ def test_a_step_moves_gate_lambda_and_lora_but_not_the_base(tmp_path, make_model
         "grad_norm",
         "rollout_tokens_per_s",
         "step_time",
+        "peak_memory_gb",
     ):
         assert key in metrics and metrics[key] == metrics[key], key
 
@@ -111,7 +112,7 @@ def test_other_loss_types_and_reused_rollouts_train(tmp_path, make_model, tok, l
 
 
 def strip_timing(lines):
-    drop = {"step_time", "rollout_tokens_per_s"}
+    drop = {"step_time", "rollout_tokens_per_s", "peak_memory_gb"}
     return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines]
 
 

@@ -63,6 +63,14 @@ class HRPOConfig:
     """Prompts per rollout call (each with its G completions); None: all of a process's prompts of a step.
     Rollouts are seeded per call from (seed, step, global call index), so results do not depend on
     how many processes share the work as long as this is the same."""
+    cache_implementation: str = "dynamic"
+    """Rollout KV cache: "dynamic" (grows; finished sequences are compacted out of the batch) or
+    "static" (pre-allocated prompt + max_completion_length positions, written in place)."""
+    compact_finished: bool = True
+    """With the dynamic cache, drop finished sequences from the decoding batch once a quarter of it
+    has finished (same rollouts, less compute)."""
+    sync_every: int = 1
+    """Decoding steps between host checks for finished sequences; ~8 keeps a GPU's queue full."""
     r_min: float = 0.99
     """Initial decay a = exp(−c·softplus(Λ)) is drawn from U[r_min, r_max] per dimension."""
     r_max: float = 0.999
@@ -144,6 +152,11 @@ class HRPOConfig:
                 "num_generations must be >= 2 (advantages compare completions of a group)",
             ),
             (self.temperature > 0, "temperature must be > 0"),
+            (
+                self.cache_implementation in ("dynamic", "static"),
+                "cache_implementation must be dynamic or static",
+            ),
+            (self.sync_every >= 1, "sync_every must be >= 1"),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (0 < self.r_min <= self.r_max < 1, "need 0 < r_min <= r_max < 1"),
             (self.beta >= 0, "beta must be >= 0"),

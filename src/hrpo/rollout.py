@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedTokenizerBase, StaticCache
 
 from hrpo.distributed import gathered_parameters
 from hrpo.latent import project_latent
@@ -65,6 +65,15 @@ class RolloutConfig:
     """Drop finished sequences from the decoding batch (and their KV-cache rows) once a quarter
     of it has finished, so they stop costing compute. Results are unchanged: sampling noise is
     drawn for the full batch either way."""
+    cache: str = "dynamic"
+    """KV cache: ``"dynamic"`` grows by concatenation and allows ``compact_finished``;
+    ``"static"`` pre-allocates prompt + ``max_completion_length`` positions and writes in place
+    (no per-step reallocation; the form compiled decode steps need). Static keeps finished
+    sequences in the batch."""
+    sync_every: int = 1
+    """Steps between the host's checks of how many sequences have finished (the only
+    device-to-host synchronisation of a step). On GPUs a value like 8 keeps the launch queue
+    full; finished sequences just emit padding until the next check. Results are unchanged."""
 
     def __post_init__(self) -> None:
         if self.num_generations < 1:
@@ -75,6 +84,10 @@ class RolloutConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.cache not in ("dynamic", "static"):
+            raise ValueError(f"cache must be 'dynamic' or 'static', got {self.cache!r}")
+        if self.sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1, got {self.sync_every}")
 
 
 @dataclass
@@ -234,7 +247,10 @@ class RolloutEngine:
         was_training = model.training
         model.eval()
         try:
-            cache = DynamicCache(config=model.config)
+            if cfg.cache == "static":
+                cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new)
+            else:
+                cache = DynamicCache(config=model.config)
             positions = position_ids_from_mask(mask)
             hidden = model.decode(model.embed_tokens(ids), mask, positions, past_key_values=cache)
             logits = model.logits(hidden[:, -1])
@@ -274,10 +290,13 @@ class RolloutEngine:
                 steps = t + 1
                 if steps == max_new:
                     break
-                done = int(finished.sum())  # the one host synchronisation per step
-                if done == len(rows):
-                    break
-                if cfg.compact_finished and done * 4 >= len(rows):
+                if steps % cfg.sync_every:
+                    done = -1  # no check this step
+                else:
+                    done = int(finished.sum())  # the host synchronisation
+                    if done == len(rows):
+                        break
+                if cfg.compact_finished and cfg.cache == "dynamic" and done > 0 and done * 4 >= len(rows):
                     keep = (~finished).nonzero().squeeze(1)
                     cache.batch_select_indices(keep)
                     rows, finished, state = rows[keep], finished[keep], state[keep]
@@ -289,6 +308,8 @@ class RolloutEngine:
         finally:
             model.train(was_training)
 
+        # With sync_every > 1 the last steps may have been all padding.
+        steps = max(1, int(comp_mask.sum(1).max())) if cfg.sync_every > 1 else steps
         completion = completion[:, :steps]
         comp_mask = comp_mask[:, :steps]
         texts = self.tokenizer.batch_decode(

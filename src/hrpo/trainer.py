@@ -73,6 +73,15 @@ def _lora_targets(model: torch.nn.Module, wanted: Sequence[str]) -> list[str]:
     return found
 
 
+def peak_memory_gb() -> float:
+    """This step's peak GPU memory allocated (GiB) on CUDA; the process's peak RSS on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
 def _check_engine(accelerator: Accelerator) -> None:
     """Refuse distributed engines the trainer does not drive correctly, before any work."""
     kind = accelerator.distributed_type
@@ -193,6 +202,9 @@ class HRPOTrainer:
             top_p=cfg.top_p,
             hybrid=cfg.hybrid,
             answer_marker=cfg.answer_marker,
+            cache=cfg.cache_implementation,
+            compact_finished=cfg.compact_finished,
+            sync_every=cfg.sync_every,
         )
 
     def _build_model(self, model, tokenizer):
@@ -342,6 +354,8 @@ class HRPOTrainer:
         """Run optimiser step ``step`` (0-based) and return its metrics."""
         cfg, acc = self.config, self.accelerator
         t0 = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         rows = self.step_rows(step)
         ro = self.generate_rollouts(step, rows)
         t_roll = time.perf_counter() - t0
@@ -478,6 +492,7 @@ class HRPOTrainer:
         metrics["grad_norm"] = grad_norm
         metrics["rollout_tokens_per_s"] = all_tokens / max(t_roll, 1e-9) / acc.num_processes
         metrics["step_time"] = time.perf_counter() - t0
+        metrics["peak_memory_gb"] = peak_memory_gb()
         self._last_samples = [
             {
                 "prompt": ro.prompt_texts[i],
