@@ -36,3 +36,12 @@ def smollm2():
     from hrpo.loading import load_model
 
     return load_model(None, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tok):
+    """A tiny random Qwen2 model and its tokenizer saved as a local model directory (for the CLI)."""
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    tiny_model("qwen2", len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

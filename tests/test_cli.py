@@ -7,16 +7,6 @@ from hrpo.cli import build_parser, main
 from hrpo.config import HRPOConfig
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tok):
-    from tiny import tiny_model
-
-    path = tmp_path_factory.mktemp("tiny-qwen2")
-    tiny_model("qwen2", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.mark.parametrize("command", ["train", "eval", "generate", "inspect", "plot", "model"])
 def test_every_option_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:

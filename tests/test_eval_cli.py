@@ -8,16 +8,6 @@ from conftest import SHARED
 from hrpo.cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tok):
-    from tiny import tiny_model
-
-    path = tmp_path_factory.mktemp("tiny-qwen2")
-    tiny_model("qwen2", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def arith_file(tmp_path):
     path = tmp_path / "arith.jsonl"

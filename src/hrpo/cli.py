@@ -95,15 +95,21 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate a model (and optionally a trained checkpoint) on benchmark tasks",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Evaluate on one or more tasks: greedy by default, or --num-samples n sampled "
-        "completions per problem (mean accuracy with a 95%% interval over problems, and pass@k). "
-        "Writes OUTPUT/metrics.json and, per task and decoding mode, OUTPUT/TASK-MODE/predictions.jsonl "
-        "and metrics.json. Rerunning with the same --output resumes from the predictions already "
+        description="Evaluate on one or more tasks: greedy by default, or --num-samples n sampled\n"
+        "completions per problem (mean accuracy with a 95% interval over problems, and pass@k).\n"
+        "Writes OUTPUT/metrics.json and, per task and decoding mode, OUTPUT/TASK-MODE/predictions.jsonl\n"
+        "and metrics.json. Rerunning with the same --output resumes from the predictions already\n"
         "written. For Qwen2.5-1.5B/3B the paper's GRPO and HRPO numbers are shown beside ours.",
-        epilog="tasks: arithmetic, gsm8k, math (MATH500 by default), mmlu_stem, arc_challenge, qa.\n"
+        epilog="tasks: arithmetic, gsm8k, math (MATH500 by default), mmlu_stem, arc_challenge, qa\n"
         "example: hrpo eval --task gsm8k --data data/gsm8k/test.jsonl --limit 50 --hybrid both",
     )
-    p.add_argument("--task", nargs="+", required=True, metavar="TASK", help="task names to evaluate")
+    p.add_argument(
+        "--task",
+        nargs="+",
+        required=True,
+        metavar="TASK",
+        help="tasks to evaluate: registered names (below) or custom ones as package.module:ClassName",
+    )
     _add_model_args(p)
     _add_decoding_args(p, max_new_tokens=512)
     p.add_argument(
