@@ -129,6 +129,16 @@ class Task:
     def _load(self, split: str, limit: int | None) -> list[Row]:
         raise NotImplementedError(f"{type(self).__name__} must implement _load(split, limit)")
 
+    def solution_row(self, split: str, index: int, question: str, solution: str, reference: str) -> Row:
+        """The row of a problem given with a worked solution (GSM8K, MATH)."""
+        return {
+            "prompt": self.make_prompt(question),
+            "answer": reference,
+            "question": question,
+            "solution": solution,
+            "id": f"{split}-{index}",
+        }
+
     def make_prompt(self, question: str) -> Messages:
         """Chat messages (system prompt, then ``question`` as the user turn) for one problem."""
         return [
@@ -138,14 +148,17 @@ class Task:
 
     # --- grading --------------------------------------------------------------------------------
 
-    def extract_answer(self, completion: str) -> str | None:
-        """The cleaned text after the last marker, or None when there is no marker."""
+    def text_after_marker(self, completion: str) -> str | None:
+        """The raw text after the last marker, or None when there is no marker."""
         if not isinstance(completion, str):
             return None
         at = completion.rfind(self.marker)
-        if at < 0:
-            return None
-        return clean_answer(completion[at + len(self.marker) :])
+        return None if at < 0 else completion[at + len(self.marker) :]
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The cleaned text after the last marker, or None when there is no marker."""
+        rest = self.text_after_marker(completion)
+        return None if rest is None else clean_answer(rest)
 
     def is_correct(self, predicted: str, reference: str) -> bool:
         """Whether an extracted answer matches the reference; must not raise on any string."""

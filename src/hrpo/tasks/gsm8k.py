@@ -37,15 +37,7 @@ class GSM8KTask(FileTask):
             ref = reference_answer(solution)
             if parse_integer(ref) is None:
                 raise ValueError(f"{where}: record {i}: answer {ref!r} after '####' is not a number")
-            rows.append(
-                {
-                    "prompt": self.make_prompt(question),
-                    "answer": ref,
-                    "question": question,
-                    "solution": solution,
-                    "id": f"{split}-{i}",
-                }
-            )
+            rows.append(self.solution_row(split, i, question, solution, ref))
         return rows
 
     def is_correct(self, predicted: str, reference: str) -> bool:

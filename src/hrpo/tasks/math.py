@@ -210,15 +210,7 @@ class MathTask(FileTask):
             ref = reference_answer(solution)
             if not ref:
                 raise ValueError(f"{where}: record {i}: empty reference answer in {solution[:80]!r}")
-            rows.append(
-                {
-                    "prompt": self.make_prompt(question),
-                    "answer": ref,
-                    "question": question,
-                    "solution": solution,
-                    "id": f"{split}-{i}",
-                }
-            )
+            rows.append(self.solution_row(split, i, question, solution, ref))
         return rows
 
     def extract_answer(self, completion: str) -> str | None:

@@ -246,13 +246,11 @@ class QATask(FileTask):
 
     def extract_answer(self, completion: str) -> str | None:
         """The first non-empty line after the last marker, cleaned and capped; None without a marker."""
-        if not isinstance(completion, str):
-            return None
-        at = completion.rfind(self.marker)
-        if at < 0:
+        rest = self.text_after_marker(completion)
+        if rest is None:
             return None
         # Capping before splitting lines bounds the work: a longer line can never match anyway.
-        rest = completion[at + len(self.marker) :].lstrip()[:MAX_ANSWER_CHARS]
+        rest = rest.lstrip()[:MAX_ANSWER_CHARS]
         lines = rest.splitlines()
         return clean_answer(lines[0]) if lines else ""
 
