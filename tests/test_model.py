@@ -123,6 +123,16 @@ def test_full_model_save_load_round_trip(make_model, tok, tmp_path):
         assert torch.equal(model.completion_logprobs(*args)[0], loaded.completion_logprobs(*args)[0])
 
 
+def test_checkpoint_keeps_the_ablation_settings(make_model, tmp_path):
+    from hrpo import HybridGate
+
+    hf = make_model("qwen2")
+    gate = HybridGate(hf.config.hidden_size, mix="latent_only", latent_source="hidden_state")
+    HybridModel(hf, gate).save_pretrained(tmp_path / "abl")
+    loaded = HybridModel.from_pretrained(tmp_path / "abl")
+    assert (loaded.gate.mix, loaded.gate.latent_source) == ("latent_only", "hidden_state")
+
+
 def test_adapter_checkpoint_needs_its_base_model(make_model, tmp_path):
     HybridModel(perturbed_lora(make_model()), seed=0).save_pretrained(tmp_path / "c")
     with pytest.raises(ValueError, match="base model"):

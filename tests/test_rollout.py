@@ -222,3 +222,29 @@ def test_static_cache_gives_the_same_rollouts(make_model, tok, arch):
     torch.testing.assert_close(recomputed, static.logprobs, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="cache"):
         RolloutConfig(cache="paged")
+
+
+@pytest.mark.parametrize("mix,source", [("latent_only", "projection"), ("gated", "hidden_state")])
+def test_ablations_keep_rollout_and_teacher_forced_log_probs_equal(make_model, tok, mix, source):
+    """The paper's ablations go through the same gate in rollouts and recomputation."""
+    from hrpo import HybridGate
+
+    hf = make_model("qwen2")
+    gate = HybridGate(hf.config.hidden_size, r_min=0.5, r_max=0.6, mix=mix, latent_source=source)
+    model = HybridModel(hf, gate)
+    eng = engine(model, tok, max_completion_length=24, temperature=0.7, num_generations=2)
+    ro = eng.generate(PROMPTS, seed=3)
+    think = ro.thinking_mask
+    assert think.sum() > 10
+    with torch.no_grad():
+        tf = eng.teacher_forced_logprobs(ro)
+        # The stored latent is what the ablation says: the decoder's last hidden state (whose
+        # norm is far from an embedding row's), or the projection fed alone (hidden ratio 1).
+        first = model.decode(model.embed_tokens(ro.prompt_ids), ro.prompt_mask)[:, -1]
+    assert ((tf - ro.logprobs) * ro.completion_mask).abs().max() < 1e-4
+    if source == "hidden_state":
+        rows = think[:, 0]
+        assert rows.any()
+        torch.testing.assert_close(ro.latents[rows, 0], first[rows].to(ro.latents.dtype), atol=1e-5, rtol=1e-5)
+    else:
+        assert ro.mean_hidden_ratio() == 1.0 and ro.mean_embeds_ratio() == 0.0

@@ -74,6 +74,12 @@ class HRPOConfig:
     r_min: float = 0.99
     """Initial decay a = exp(−c·softplus(Λ)) is drawn from U[r_min, r_max] per dimension."""
     r_max: float = 0.999
+    hybrid_mix: Literal["gated", "latent_only"] = "gated"
+    """How thinking positions are fed: "gated" (HRPO) or "latent_only", the paper's
+    interpolation-only ablation (the latent alone, no token embedding)."""
+    latent_source: Literal["projection", "hidden_state"] = "projection"
+    """What the latent is: "projection" h = Eᵀp/‖p‖₂ (HRPO) or "hidden_state", the paper's ablation
+    feeding back the decoder's last hidden state without projecting it."""
 
     # ---- objective (spec §3) -----------------------------------------------------------------
     beta: float = 0.005

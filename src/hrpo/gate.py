@@ -8,17 +8,28 @@ For a sampled token embedding ``ê`` and a latent ``h`` (see :mod:`hrpo.latent`)
 
 ``Λ`` is initialised so that ``exp(−c·softplus(Λ)) = u`` with ``u ~ U[r_min, r_max]`` per
 dimension, hence ``a = u^r`` starts close to 1 (almost pure token embeddings).
+
+Two ablations of the paper (spec §5) are options of the gate, so that rollouts, teacher-forced
+recomputation and saved checkpoints all agree on them:
+
+- ``mix="latent_only"`` (interpolation only): ``e = h``, the latent replaces the token embedding
+  (``a = 0``); the gate's parameters are unused.
+- ``latent_source="hidden_state"``: the rollout stores the decoder's last hidden state instead of
+  the projection ``Eᵀp/‖p‖₂``, and the gate mixes that in unprojected.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 GATE_EPS = 1e-8
+MIXES = ("gated", "latent_only")
+LATENT_SOURCES = ("projection", "hidden_state")
 
 
 def lambda_init(u: torch.Tensor, c: float) -> torch.Tensor:
@@ -41,12 +52,19 @@ class HybridGate(nn.Module):
         r_max: float = 0.999,
         c: float = 8.0,
         generator: torch.Generator | None = None,
+        mix: Literal["gated", "latent_only"] = "gated",
+        latent_source: Literal["projection", "hidden_state"] = "projection",
     ) -> None:
         super().__init__()
         if not 0.0 < r_min <= r_max < 1.0:
             raise ValueError(f"gate init needs 0 < r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
+        if mix not in MIXES:
+            raise ValueError(f"mix must be one of {MIXES}, got {mix!r}")
+        if latent_source not in LATENT_SOURCES:
+            raise ValueError(f"latent_source must be one of {LATENT_SOURCES}, got {latent_source!r}")
         self.hidden_size = hidden_size
         self.r_min, self.r_max, self.c = r_min, r_max, c
+        self.mix, self.latent_source = mix, latent_source
         self.gate_r = nn.Linear(hidden_size, hidden_size, bias=True, dtype=torch.float32)
         self.gate_i = nn.Linear(hidden_size, hidden_size, bias=True, dtype=torch.float32)
         self.Lambda = nn.Parameter(torch.zeros(hidden_size, dtype=torch.float32))
@@ -76,7 +94,11 @@ class HybridGate(nn.Module):
         Returns the hybrid embeddings in ``token_embeds``'s dtype and ``a`` in float32.
         Where ``a`` is exactly 1 the latent coefficient is set to 0 instead of ``sqrt(ε)`` so
         that a closed gate reproduces the token embedding bit for bit.
+        With ``mix="latent_only"`` the result is the latent itself and ``a`` is 0.
         """
+        if self.mix == "latent_only":
+            a = torch.zeros(token_embeds.shape, dtype=torch.float32, device=token_embeds.device)
+            return latents.to(token_embeds.dtype), a
         with torch.autocast(device_type=token_embeds.device.type, enabled=False):
             e = token_embeds.float()
             r = torch.sigmoid(self.gate_r(e))
@@ -88,4 +110,7 @@ class HybridGate(nn.Module):
         return mixed.to(token_embeds.dtype), a
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.hidden_size}, r_min={self.r_min}, r_max={self.r_max}, c={self.c}"
+        extra = "" if self.mix == "gated" else f", mix={self.mix}"
+        if self.latent_source != "projection":
+            extra += f", latent_source={self.latent_source}"
+        return f"hidden_size={self.hidden_size}, r_min={self.r_min}, r_max={self.r_max}, c={self.c}{extra}"

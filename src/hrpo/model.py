@@ -228,6 +228,8 @@ class HybridModel(nn.Module):
             "r_min": self.gate.r_min,
             "r_max": self.gate.r_max,
             "c": self.gate.c,
+            "mix": self.gate.mix,
+            "latent_source": self.gate.latent_source,
             "adapter": isinstance(self.model, PeftModel),
         }
         (directory / GATE_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
@@ -302,6 +304,13 @@ class HybridModel(nn.Module):
             from transformers import AutoModelForCausalLM
 
             model = AutoModelForCausalLM.from_pretrained(str(path))
-        gate = HybridGate(meta["hidden_size"], r_min=meta["r_min"], r_max=meta["r_max"], c=meta["c"])
+        gate = HybridGate(
+            meta["hidden_size"],
+            r_min=meta["r_min"],
+            r_max=meta["r_max"],
+            c=meta["c"],
+            mix=meta.get("mix", "gated"),
+            latent_source=meta.get("latent_source", "projection"),
+        )
         gate.load_state_dict(load_file(str(path / GATE_WEIGHTS)))
         return cls(model, gate)

@@ -11,6 +11,8 @@ At each decoding step, for every sequence still running:
    trainer can rebuild the exact same input under the current gate.
 
 With ``hybrid=False`` step 3 always feeds ``E[x̂]``: plain token rollouts, the GRPO baseline.
+The gate's ablation options (:mod:`hrpo.gate`) change what ``h`` is (``latent_source``) and how
+it is mixed (``mix``); the engine follows them.
 """
 
 from __future__ import annotations
@@ -230,6 +232,7 @@ class RolloutEngine:
         eos_ids = self.eos_ids.to(device) if not cfg.ignore_eos else self.eos_ids[:0].to(device)
         latent_dtype = cfg.latent_dtype or model.dtype
         weight, scale = model.get_embedding_weight(), model.embed_scale
+        from_hidden = model.gate.latent_source == "hidden_state"
 
         completion = torch.full((n, max_new), self.pad_id, dtype=torch.long, device=device)
         comp_mask = torch.zeros((n, max_new), dtype=torch.long, device=device)
@@ -252,8 +255,8 @@ class RolloutEngine:
             else:
                 cache = DynamicCache(config=model.config)
             positions = position_ids_from_mask(mask)
-            hidden = model.decode(model.embed_tokens(ids), mask, positions, past_key_values=cache)
-            logits = model.logits(hidden[:, -1])
+            hidden = model.decode(model.embed_tokens(ids), mask, positions, past_key_values=cache)[:, -1]
+            logits = model.logits(hidden)
             next_pos = positions[:, -1:] + 1
             steps = 0
             for t in range(max_new):
@@ -277,7 +280,8 @@ class RolloutEngine:
                 embeds = model.embed_tokens(tok)
                 if cfg.hybrid:
                     think = running & ~marker.seen(state) & ~is_eos
-                    h = project_latent(support, weight, scale).to(latent_dtype)
+                    h = hidden if from_hidden else project_latent(support, weight, scale)
+                    h = h.to(latent_dtype)
                     mixed, a = model.gate(embeds, h)
                     embeds = torch.where(think[:, None], mixed, embeds)
                     thinking[rows, t] = think
@@ -302,8 +306,8 @@ class RolloutEngine:
                     rows, finished, state = rows[keep], finished[keep], state[keep]
                     mask, next_pos, embeds = mask[keep], next_pos[keep], embeds[keep]
                 mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
-                hidden = model.decode(embeds[:, None], mask, next_pos, past_key_values=cache)
-                logits = model.logits(hidden[:, -1])
+                hidden = model.decode(embeds[:, None], mask, next_pos, past_key_values=cache)[:, -1]
+                logits = model.logits(hidden)
                 next_pos = next_pos + 1
         finally:
             model.train(was_training)

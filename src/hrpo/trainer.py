@@ -245,7 +245,14 @@ class HRPOTrainer:
         from hrpo.gate import HybridGate
 
         hidden = model.get_input_embeddings().weight.shape[1]
-        gate = HybridGate(hidden, r_min=cfg.r_min, r_max=cfg.r_max, generator=gen)
+        gate = HybridGate(
+            hidden,
+            r_min=cfg.r_min,
+            r_max=cfg.r_max,
+            generator=gen,
+            mix=cfg.hybrid_mix,
+            latent_source=cfg.latent_source,
+        )
         hybrid = HybridModel(model, gate).to(device)
         hybrid.train()
         return hybrid, tokenizer
