@@ -21,9 +21,11 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu_$tag.txt" 2>/dev/null || true
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" >> "$OUT/gpu_$tag.txt"
 "$PY" benchmarks/rollout_throughput.py "${model[@]}" --batch-sizes "${batches[@]}" --new-tokens $tokens \
-  --repeats $repeats --output "$OUT/rollout_throughput_$tag.json"
+  --repeats $repeats --sync-every 8 --output "$OUT/rollout_throughput_$tag.json"
 "$PY" benchmarks/train_step.py "${model[@]}" --steps $steps --max-completion-length $completion \
   --output "$OUT/train_step_$tag.json"
 "$PY" benchmarks/train_step.py "${model[@]}" --steps $steps --max-completion-length $completion \
   --gradient-checkpointing --output "$OUT/train_step_checkpointing_$tag.json"
+"$PY" benchmarks/train_step.py "${model[@]}" --steps $steps --max-completion-length $completion \
+  --rollout-backend compiled --sync-every 8 --output "$OUT/train_step_compiled_$tag.json"
 echo "results in $OUT"

@@ -1,5 +1,8 @@
 """Rollout throughput: (a) hrpo hybrid rollouts, (b) hrpo plain rollouts, (c) ``model.generate``
-sampling, (d) a reference-implementation-style hybrid loop (``reference_loop.py``).
+sampling, (d) a reference-implementation-style hybrid loop (``reference_loop.py``). Variants of (a):
+``hybrid_static`` (static KV cache) and ``hybrid_compiled`` (``backend="compiled"``: torch.compile'd
+decoding step over a static cache; its warm-up runs at full length, since that is where it compiles,
+and the warm-up's duration is reported as ``hybrid_compiled_warmup_s``).
 
 All four generate exactly ``--new-tokens`` tokens per sequence (EOS ignored) for the same
 prompts, batch size, temperature and top-k, timed in one process, one after the other, each
@@ -43,21 +46,27 @@ PROMPTS = [
 ]
 
 
-def timed_interleaved(fns: dict, repeats: int, warmup_tokens: int) -> dict[str, float]:
-    """Median seconds per method of ``fn(None)`` (full length), after one short warm-up call each.
+def timed_interleaved(
+    fns: dict, repeats: int, warmup_tokens: int, full_warmup: tuple[str, ...] = ()
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per method of ``fn(None)`` (full length), after one short warm-up call each
+    (a full-length one for the methods in ``full_warmup``); also the warm-up seconds.
 
     The methods take turns within each repeat, so a slow drift of the machine (other load,
     frequency changes) spreads over all of them instead of biasing the one measured last.
     """
-    for fn in fns.values():
-        fn(warmup_tokens)
+    warmup = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn(None if name in full_warmup else warmup_tokens)
+        warmup[name] = time.perf_counter() - start
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn(None)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in times.items()}, warmup
 
 
 def main() -> None:
@@ -70,8 +79,11 @@ def main() -> None:
     ap.add_argument(
         "--methods",
         nargs="+",
-        default=["hybrid", "hybrid_static", "plain", "generate", "reference"],
-        help="hybrid, hybrid_static (static KV cache), plain, generate, reference",
+        default=["hybrid", "hybrid_static", "hybrid_compiled", "plain", "generate", "reference"],
+        help="hybrid, hybrid_static (static KV cache), hybrid_compiled (compiled step), plain, generate, reference",
+    )
+    ap.add_argument(
+        "--sync-every", type=int, default=1, help="hrpo engines' steps between host checks (8 suits GPUs)"
     )
     ap.add_argument("--temperature", type=float, default=0.5)
     ap.add_argument("--top-k", type=int, default=50)
@@ -91,11 +103,15 @@ def main() -> None:
             top_k=args.top_k,
             ignore_eos=True,
             max_prompt_length=None,
+            sync_every=args.sync_every,
         )
         engines = {
             "hybrid": RolloutEngine(model, tok, RolloutConfig(hybrid=True, **common)),
             "plain": RolloutEngine(model, tok, RolloutConfig(hybrid=False, **common)),
             "hybrid_static": RolloutEngine(model, tok, RolloutConfig(hybrid=True, cache="static", **common)),
+            "hybrid_compiled": RolloutEngine(
+                model, tok, RolloutConfig(hybrid=True, backend="compiled", **common)
+            ),
         }
         ids, mask, _ = engines["hybrid"].encode(prompts)
         ids, mask = ids.to(device), mask.to(device)
@@ -133,13 +149,19 @@ def main() -> None:
         tokens = bs * args.new_tokens
         row = {"batch_size": bs, "new_tokens": args.new_tokens, "prompt_tokens_max": int(mask.sum(-1).max())}
         fns = {m: (lambda n, m=m: run(m, n)) for m in args.methods}
-        for method, seconds in timed_interleaved(fns, args.repeats, args.warmup_tokens).items():
+        medians, warmup = timed_interleaved(fns, args.repeats, args.warmup_tokens, ("hybrid_compiled",))
+        for method, seconds in medians.items():
             row[f"{method}_tok_s"] = tokens / seconds
+        if "hybrid_compiled" in warmup:
+            row["hybrid_compiled_warmup_s"] = warmup["hybrid_compiled"]
+            if engines["hybrid_compiled"]._compile_failed:
+                row["hybrid_compiled_fell_back_to_eager"] = True
         prompt_len = int(mask.sum(-1).max())
         row["floor_tok_s"] = floor_tokens_per_second(model, bs, prompt_len, args.new_tokens, bandwidth)
-        if "hybrid_tok_s" in row:
-            row["hybrid_fraction_of_floor"] = row["hybrid_tok_s"] / row["floor_tok_s"]
-        for num in ("hybrid", "hybrid_static", "plain"):
+        for num in ("hybrid", "hybrid_static", "hybrid_compiled"):
+            if f"{num}_tok_s" in row:
+                row[f"{num}_fraction_of_floor"] = row[f"{num}_tok_s"] / row["floor_tok_s"]
+        for num in ("hybrid", "hybrid_static", "hybrid_compiled", "plain"):
             for den in ("generate", "reference"):
                 if f"{num}_tok_s" in row and f"{den}_tok_s" in row:
                     row[f"{num}_over_{den}"] = row[f"{num}_tok_s"] / row[f"{den}_tok_s"]
@@ -160,6 +182,7 @@ def main() -> None:
         "top_k": args.top_k,
         "repeats": args.repeats,
         "warmup_tokens": args.warmup_tokens,
+        "sync_every": args.sync_every,
         "rows": rows,
     }
     out = Path(args.output)

@@ -47,6 +47,10 @@ def main() -> None:
     ap.add_argument("--lora-r", type=int, default=32, help="LoRA rank (paper: 32)")
     ap.add_argument("--steps", type=int, default=3, help="optimiser steps, the first one a warm-up")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    ap.add_argument(
+        "--rollout-backend", choices=["eager", "compiled"], default="eager", help="config rollout_backend"
+    )
+    ap.add_argument("--sync-every", type=int, default=1, help="config sync_every (8 suits GPUs)")
     ap.add_argument("--output", default="benchmarks/results/train_step_cpu.json", help="JSON result file")
     args = ap.parse_args()
 
@@ -70,6 +74,8 @@ def main() -> None:
             eval_limit=0,
             save_steps=0,
             gradient_checkpointing=args.gradient_checkpointing,
+            rollout_backend=args.rollout_backend,
+            sync_every=args.sync_every,
         )
         trainer = HRPOTrainer(
             cfg, train_dataset=rows, reward_funcs=[length_reward], model=model, tokenizer=tok, progress=False
@@ -98,6 +104,8 @@ def main() -> None:
         "max_completion_length": args.max_completion_length,
         "lora_r": args.lora_r,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "rollout_backend": args.rollout_backend,
+        "sync_every": args.sync_every,
         "step_time_s": statistics.median(s["step_time"] for s in timed),
         "rollout_tokens_per_s": statistics.median(s["rollout_tokens_per_s"] for s in timed),
         "peak_memory_gb": max(s["peak_memory_gb"] for s in steps),

@@ -104,6 +104,33 @@ def test_grpo_baseline_has_no_thinking_inputs_and_a_frozen_gate(tmp_path, make_m
     assert all(torch.equal(v, tr.model.gate.state_dict()[k]) for k, v in gate_before.items())
 
 
+@pytest.mark.parametrize("overrides", [{"hybrid_mix": "latent_only"}, {"latent_source": "hidden_state"}])
+def test_ablations_train(tmp_path, make_model, tok, overrides):
+    tr = trainer(tmp_path, make_model, tok, **overrides)
+    assert (tr.model.gate.mix, tr.model.gate.latent_source) == (
+        overrides.get("hybrid_mix", "gated"),
+        overrides.get("latent_source", "projection"),
+    )
+    metrics = tr.train_step(0)
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["thinking_fraction"] > 0
+    if "hybrid_mix" in overrides:  # the latent alone: all hidden, and the gate is not in the graph
+        assert metrics["hidden_ratio"] == 1.0
+        assert tr.model.gate.Lambda.grad is None
+
+
+def test_compiled_rollout_backend_trains_like_the_eager_one(tmp_path, make_model, tok):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager = trainer(tmp_path / "e", make_model, tok, max_steps=2)
+    compiled = trainer(tmp_path / "c", make_model, tok, max_steps=2, rollout_backend="compiled")
+    assert compiled.rollout_config().backend == "compiled" and compiled.rollout_config().cache == "static"
+    for step in range(2):
+        a, b = eager.train_step(step), compiled.train_step(step)
+        assert a["reward"] == b["reward"] and a["completion_length"] == b["completion_length"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
 @pytest.mark.parametrize("loss_type", ["dr_grpo", "dapo"])
 def test_other_loss_types_and_reused_rollouts_train(tmp_path, make_model, tok, loss_type):
     tr = trainer(tmp_path, make_model, tok, loss_type=loss_type, num_iterations=2, epsilon_high=0.28)

@@ -63,9 +63,14 @@ class HRPOConfig:
     """Prompts per rollout call (each with its G completions); None: all of a process's prompts of a step.
     Rollouts are seeded per call from (seed, step, global call index), so results do not depend on
     how many processes share the work as long as this is the same."""
+    rollout_backend: Literal["eager", "compiled"] = "eager"
+    """Rollout decoding: "eager" (op by op) or "compiled" (torch.compile'd decoding step over a
+    static KV cache, CUDA graphs on GPUs; same rollouts, falls back to eager if compilation fails).
+    The first rollout of each batch shape pays the compilation (tens of seconds)."""
     cache_implementation: str = "dynamic"
     """Rollout KV cache: "dynamic" (grows; finished sequences are compacted out of the batch) or
-    "static" (pre-allocated prompt + max_completion_length positions, written in place)."""
+    "static" (pre-allocated prompt + max_completion_length positions, written in place). The
+    compiled backend always uses "static"."""
     compact_finished: bool = True
     """With the dynamic cache, drop finished sequences from the decoding batch once a quarter of it
     has finished (same rollouts, less compute)."""

@@ -150,6 +150,23 @@ class HybridModel(nn.Module):
         )
         return out.last_hidden_state
 
+    def decode_step(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past_key_values,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One cached decoding step: the last position's hidden state ``(B, d)`` and float32 logits.
+
+        This is the unit the rollout engine compiles: with a static cache and a full-length
+        ``attention_mask`` every call has the same shapes.
+        """
+        hidden = self.decode(inputs_embeds, attention_mask, position_ids, past_key_values=past_key_values)[
+            :, -1
+        ]
+        return hidden, self.logits(hidden)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Output-head logits in float32, with the model's final soft-capping if it has one."""
         logits = self.model.get_output_embeddings()(hidden).float()

@@ -17,6 +17,7 @@ it is mixed (``mix``); the engine follows them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -31,6 +32,7 @@ from hrpo.prompts import Prompt, encode_prompts
 from hrpo.sampling import restrict, sample, token_logprobs
 
 StepCallback = Callable[[torch.Tensor, torch.Tensor], None]
+PROMPT_BUCKET = 64
 
 
 @dataclass
@@ -76,6 +78,11 @@ class RolloutConfig:
     """Steps between the host's checks of how many sequences have finished (the only
     device-to-host synchronisation of a step). On GPUs a value like 8 keeps the launch queue
     full; finished sequences just emit padding until the next check. Results are unchanged."""
+    backend: str = "eager"
+    """``"eager"``: the model runs op by op (any cache). ``"compiled"``: the decoding step (decoder
+    and head) is ``torch.compile``d once per batch shape over a static cache and a pre-allocated
+    attention mask, so every step has the same shapes (CUDA graphs on GPUs). Implies
+    ``cache="static"``; if compilation fails, a warning is given and the step runs eagerly."""
 
     def __post_init__(self) -> None:
         if self.num_generations < 1:
@@ -90,6 +97,10 @@ class RolloutConfig:
             raise ValueError(f"cache must be 'dynamic' or 'static', got {self.cache!r}")
         if self.sync_every < 1:
             raise ValueError(f"sync_every must be >= 1, got {self.sync_every}")
+        if self.backend not in ("eager", "compiled"):
+            raise ValueError(f"backend must be 'eager' or 'compiled', got {self.backend!r}")
+        if self.backend == "compiled":
+            self.cache = "static"
 
 
 @dataclass
@@ -164,6 +175,15 @@ class RolloutEngine:
         self.eos_ids = torch.tensor(eos_token_ids(model, tokenizer), dtype=torch.long)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.eos_ids[0])
+        self._compiled_step: Callable | None = None
+        self._compile_failed = False
+
+    def _decode_step(self) -> Callable:
+        """The compiled decoding step (built once; reused across calls of the same shapes)."""
+        if self._compiled_step is None:
+            mode = "reduce-overhead" if self.model.device.type == "cuda" else None
+            self._compiled_step = torch.compile(self.model.decode_step, dynamic=False, mode=mode)
+        return self._compiled_step
 
     def encode(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         cfg = self.config
@@ -227,6 +247,14 @@ class RolloutEngine:
         device = model.device
         ids, mask = prompt_ids.to(device), prompt_mask.to(device).long()
         n, max_new = ids.shape[0], cfg.max_completion_length
+        compiled = cfg.backend == "compiled" and not self._compile_failed
+        if compiled:
+            # Left-pad prompts to a multiple of 64 tokens so that batches of other prompt lengths
+            # reuse the compiled step (padding does not change results).
+            width = -(-ids.shape[1] // PROMPT_BUCKET) * PROMPT_BUCKET
+            ids_in, mask = _pad_to(ids, width, self.pad_id, left=True), _pad_to(mask, width, 0, left=True)
+        else:
+            ids_in = ids
         gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         marker = self.marker.to(device)
         eos_ids = self.eos_ids.to(device) if not cfg.ignore_eos else self.eos_ids[:0].to(device)
@@ -250,14 +278,16 @@ class RolloutEngine:
         was_training = model.training
         model.eval()
         try:
+            prompt_len = ids_in.shape[1]
             if cfg.cache == "static":
-                cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new)
+                cache = StaticCache(config=model.config, max_cache_len=prompt_len + max_new)
             else:
                 cache = DynamicCache(config=model.config)
             positions = position_ids_from_mask(mask)
-            hidden = model.decode(model.embed_tokens(ids), mask, positions, past_key_values=cache)[:, -1]
-            logits = model.logits(hidden)
+            hidden, logits = model.decode_step(model.embed_tokens(ids_in), mask, positions, cache)
             next_pos = positions[:, -1:] + 1
+            if cfg.cache == "static":  # the whole attention mask up front, filled in place
+                mask = _pad_to(mask, prompt_len + max_new, 0, left=False)
             steps = 0
             for t in range(max_new):
                 support = restrict(logits, cfg.temperature, cfg.top_k, cfg.top_p)
@@ -305,9 +335,16 @@ class RolloutEngine:
                     cache.batch_select_indices(keep)
                     rows, finished, state = rows[keep], finished[keep], state[keep]
                     mask, next_pos, embeds = mask[keep], next_pos[keep], embeds[keep]
-                mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
-                hidden = model.decode(embeds[:, None], mask, next_pos, past_key_values=cache)[:, -1]
-                logits = model.logits(hidden)
+                if cfg.cache == "static":
+                    mask[:, prompt_len + t] = 1
+                else:
+                    ones = torch.ones((len(rows), 1), dtype=mask.dtype, device=device)
+                    mask = torch.cat([mask, ones], dim=1)
+                if compiled:
+                    hidden, logits = self._compiled_call(embeds[:, None], mask, next_pos, cache)
+                    compiled = not self._compile_failed
+                else:
+                    hidden, logits = model.decode_step(embeds[:, None], mask, next_pos, cache)
                 next_pos = next_pos + 1
         finally:
             model.train(was_training)
@@ -334,6 +371,22 @@ class RolloutEngine:
             completion_texts=texts,
         )
 
+    def _compiled_call(self, *args) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the compiled step; on a compilation error warn once and run this step eagerly."""
+        try:
+            return self._decode_step()(*args)
+        except Exception as exc:  # noqa: BLE001 - any backend failure falls back to the eager path
+            if self._compiled_step is None or not _is_compile_error(exc):
+                raise
+            self._compile_failed = True
+            warnings.warn(
+                f"rollout backend 'compiled': torch.compile failed ({type(exc).__name__}: {exc}); "
+                "decoding eagerly from here on",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return self.model.decode_step(*args)
+
     def teacher_forced_logprobs(self, rollout: Rollout, *, hybrid: bool | None = None) -> torch.Tensor:
         """Recompute ``rollout``'s completion log-probs teacher-forced at the rollout temperature."""
         use_latents = self.config.hybrid if hybrid is None else hybrid
@@ -347,6 +400,12 @@ class RolloutEngine:
             temperature=rollout.temperature,
         )
         return logprobs
+
+
+def _is_compile_error(exc: Exception) -> bool:
+    """Errors raised by dynamo/inductor (tracing, code generation, a missing C compiler)."""
+    module = type(exc).__module__
+    return module.startswith(("torch._dynamo", "torch._inductor")) or "CppCompileError" in type(exc).__name__
 
 
 def _pad_to(x: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:

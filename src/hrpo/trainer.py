@@ -202,6 +202,7 @@ class HRPOTrainer:
             top_p=cfg.top_p,
             hybrid=cfg.hybrid,
             answer_marker=cfg.answer_marker,
+            backend=cfg.rollout_backend,
             cache=cfg.cache_implementation,
             compact_finished=cfg.compact_finished,
             sync_every=cfg.sync_every,
