@@ -7,7 +7,7 @@ from hrpo.cli import build_parser, main
 from hrpo.config import HRPOConfig
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "generate", "inspect", "plot", "model"])
+@pytest.mark.parametrize("command", ["train", "eval", "generate", "inspect", "plot", "sweep", "model"])
 def test_every_option_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

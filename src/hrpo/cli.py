@@ -7,10 +7,12 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from hrpo import __version__
+from hrpo.storage import atomic_write_text
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -241,6 +243,67 @@ def _plot_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_plot)
 
 
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="train several configurations × seeds and summarise them in one table with plots",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run every (variant, seed) of a sweep file as its own `hrpo train` process, then "
+        "write OUTPUT/results.json, results.md (held-out accuracy before/after, mean ± std over seeds) "
+        "and comparison plots. Running the same command again skips finished runs and resumes "
+        "interrupted ones.",
+        epilog="sweep file (YAML):\n"
+        "  name: arithmetic-ablations\n"
+        "  base_config: ../configs/quickstart.yaml   # relative to the sweep file\n"
+        "  output_dir: runs/sweep-arithmetic\n"
+        "  common: {max_steps: 20}                   # config keys shared by every run\n"
+        "  seeds: [0, 1, 2]\n"
+        "  variants:                                 # name -> config keys of that variant\n"
+        "    grpo: {hybrid: false}\n"
+        "    hrpo: {}\n"
+        "  tail_steps: 5                             # steps averaged for final training metrics\n"
+        "example: hrpo sweep experiments/arithmetic_ablations.yaml --jobs 2 --threads 1",
+    )
+    p.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep file")
+    p.add_argument("--output", default=None, help="output directory (default: the file's output_dir)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per run (OMP_NUM_THREADS; default: torch's choice)",
+    )
+    p.add_argument("--summarize-only", action="store_true", help="only rebuild the table and plots")
+    p.add_argument("--dry-run", action="store_true", help="print each run's command and exit")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from hrpo.sweep import load_sweep, run_sweep, summarize, train_command
+
+    sweep = load_sweep(args.sweep_file, args.output)
+    if args.dry_run:
+        for variant, seed in sweep.runs():
+            print(f"{variant} seed {seed}: {' '.join(train_command(sweep, variant, seed))}")
+        return 0
+    failed = []
+    if not args.summarize_only:
+        if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+            raise ValueError("--jobs and --threads must be >= 1")
+        failed = [(v, s) for v, s, code in run_sweep(sweep, jobs=args.jobs, threads=args.threads) if code]
+    summary = summarize(sweep)
+    print((sweep.output_dir / "results.md").read_text(), end="")
+    for path in [sweep.output_dir / "results.json", *summary.get("plots", [])]:
+        print(f"wrote:   {path}")
+    if failed:
+        print(
+            f"hrpo sweep: {len(failed)} runs failed: {failed}; run the command again to retry them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hrpo", description="Hybrid Reasoning Policy Optimization for Hugging Face causal LMs."
@@ -252,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     _generate_parser(sub)
     _inspect_parser(sub)
     _plot_parser(sub)
+    _sweep_parser(sub)
     _model_parser(sub)
     return parser
 
@@ -294,6 +358,19 @@ def _print_eval(label: str, result: dict | None) -> None:
         )
 
 
+def _eval_before(trainer, out: Path, resumed: bool) -> dict | None:
+    """The evaluation before training, written at once so a resumed run still reports it."""
+    path = out / "eval_before.json"
+    if resumed:
+        if trainer.accelerator.is_main_process and path.is_file():
+            return json.loads(path.read_text())
+        return None
+    result = trainer.evaluate("eval before")
+    if result is not None:
+        atomic_write_text(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return result
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from hrpo.config import load_config
     from hrpo.trainer import HRPOTrainer, TrainingInterrupted
@@ -303,7 +380,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trainer = HRPOTrainer(cfg)
     main_process = trainer.accelerator.is_main_process
     out = trainer.output_dir
-    before = trainer.evaluate("eval before") if not args.resume else None
+    before = _eval_before(trainer, out, resumed=bool(args.resume))
     try:
         trainer.train(resume_from_checkpoint=args.resume)
     except TrainingInterrupted as stop:
@@ -316,9 +393,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     after = trainer.evaluate("eval after")
     if not main_process:
         return 0
-    for name, result in (("before", before), ("after", after)):
-        if result is not None:
-            (out / f"eval_{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    if after is not None:
+        atomic_write_text(out / "eval_after.json", json.dumps(after, indent=2, ensure_ascii=False) + "\n")
     plots = []
     if not args.no_plots:
         from hrpo.plotting import plot_run
@@ -370,7 +446,6 @@ def _fmt_acc(m: dict) -> str:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import re
-    from pathlib import Path
 
     import yaml
 
@@ -378,7 +453,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from hrpo.loading import resolve_model_path
     from hrpo.paper import benchmark_name, paper_result
     from hrpo.rollout import RolloutConfig
-    from hrpo.storage import atomic_write_text
     from hrpo.tasks import get_task
 
     if args.num_samples < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 0):
@@ -482,7 +556,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _check_resumable(run_dir, settings: dict) -> None:
     """Refuse to mix predictions made with other settings into ``run_dir``."""
-    from hrpo.storage import atomic_write_text
 
     config_file = run_dir / "eval_config.json"
     if config_file.is_file():
@@ -518,7 +591,6 @@ def _print_eval_table(results: list[dict]) -> None:
 
 
 def _read_prompts(args: argparse.Namespace) -> list:
-    from pathlib import Path
 
     if args.file:
         path = Path(args.file)

@@ -1,0 +1,346 @@
+"""Sweeps: several training configurations × seeds, run one by one, summarised in one table.
+
+A sweep file (YAML) names a base config, settings shared by every run, the variants compared and
+the seeds::
+
+    name: arithmetic-ablations
+    base_config: quickstart.yaml          # relative to the sweep file (optional)
+    output_dir: runs/sweep-arithmetic
+    common: {max_steps: 20}
+    seeds: [0, 1, 2]
+    variants:
+      grpo: {hybrid: false}
+      hrpo-r0.99: {r_min: 0.99}
+
+Each run is an ordinary ``hrpo train`` in its own process (``OUTPUT/<variant>/seed-<s>``, with
+its merged ``sweep_config.yaml`` and ``train.log``), so a crash or an out-of-memory kill loses one
+run, not the sweep. Finished runs (those with ``eval_after.json``) are skipped and interrupted
+ones resume from their last checkpoint, so running the same command again continues a sweep.
+:func:`summarize` reads what the runs wrote and produces ``results.json``, ``results.md`` and
+comparison plots (mean ± std over seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from hrpo.config import ConfigError, HRPOConfig, load_config
+from hrpo.metrics import read_metrics
+from hrpo.storage import atomic_write_text
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+CURVES_PNG = "curves.png"
+ACCURACY_PNG = "heldout_accuracy.png"
+# Training metrics averaged over each run's last steps for the table (per-step values of a few
+# dozen completions are too noisy to read one step).
+TAIL_METRICS = ("reward", "accuracy", "hidden_ratio", "completion_length")
+CURVE_METRICS = (
+    ("reward", "Training reward"),
+    ("accuracy", "Training accuracy"),
+    ("hidden_ratio", "Hidden ratio"),
+    ("completion_length", "Completion length (tokens)"),
+)
+
+
+@dataclass
+class Sweep:
+    """A parsed sweep file (see the module docstring)."""
+
+    name: str
+    output_dir: Path
+    variants: dict[str, dict[str, Any]]
+    seeds: list[int]
+    base_config: Path | None = None
+    common: dict[str, Any] = field(default_factory=dict)
+    tail_steps: int = 5
+    """Steps averaged for the table's final training metrics."""
+
+    def run_dir(self, variant: str, seed: int) -> Path:
+        return self.output_dir / variant / f"seed-{seed}"
+
+    def config_for(self, variant: str, seed: int) -> HRPOConfig:
+        """The merged config of one run: base file, then ``common``, the variant, seed and output."""
+        values = dict(self.common) | dict(self.variants[variant])
+        values |= {"seed": seed, "output_dir": str(self.run_dir(variant, seed))}
+        try:
+            return load_config(self.base_config, [f"{k}={json.dumps(v)}" for k, v in values.items()])
+        except ConfigError as exc:
+            raise ConfigError(f"sweep {self.name!r}, variant {variant!r}: {exc}") from exc
+
+    def runs(self) -> list[tuple[str, int]]:
+        """Seed-major order: a sweep cut short still has every variant at its first seeds."""
+        return [(v, s) for s in self.seeds for v in self.variants]
+
+
+def load_sweep(path: str | Path, output_dir: str | Path | None = None) -> Sweep:
+    """Read and check a sweep file; every run's config is validated before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    known = {"name", "base_config", "output_dir", "common", "seeds", "variants", "tail_steps"}
+    if not isinstance(raw, dict) or set(raw) - known:
+        extra = sorted(set(raw) - known) if isinstance(raw, dict) else raw
+        raise ConfigError(f"{path}: unknown sweep keys {extra} (known: {sorted(known)})")
+    variants = raw.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise ConfigError(f"{path}: 'variants' must map names to config overrides")
+    for name, overrides in variants.items():
+        if not isinstance(overrides, dict | None) or "/" in str(name):
+            raise ConfigError(f"{path}: variant {name!r} must be a name (no '/') mapping to config overrides")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers")
+    common = raw.get("common") or {}
+    for key in ("seed", "output_dir"):
+        if key in common or any(key in (v or {}) for v in variants.values()):
+            raise ConfigError(f"{path}: {key!r} is set by the sweep itself, not per run")
+    base = raw.get("base_config")
+    sweep = Sweep(
+        name=str(raw.get("name", path.stem)),
+        output_dir=Path(output_dir or raw.get("output_dir") or f"runs/sweep-{path.stem}"),
+        variants={str(k): dict(v or {}) for k, v in variants.items()},
+        seeds=seeds,
+        base_config=(path.parent / base) if base else None,
+        common=dict(common),
+        tail_steps=int(raw.get("tail_steps", 5)),
+    )
+    for variant, seed in sweep.runs():
+        sweep.config_for(variant, seed)
+    return sweep
+
+
+# -- running -------------------------------------------------------------------------------------
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / "eval_after.json").is_file()
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    ckpt = run_dir / "checkpoints"
+    return ckpt.is_dir() and any(p.name.startswith("step-") for p in ckpt.iterdir())
+
+
+def train_command(sweep: Sweep, variant: str, seed: int) -> list[str]:
+    """The ``hrpo train`` command of one run (its merged config is written next to it)."""
+    run_dir = sweep.run_dir(variant, seed)
+    cmd = [sys.executable, "-m", "hrpo.cli", "train", "--config", str(run_dir / "sweep_config.yaml")]
+    return cmd + (["--resume"] if _has_checkpoint(run_dir) else [])
+
+
+def run_sweep(
+    sweep: Sweep,
+    *,
+    jobs: int = 1,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+) -> list[tuple[str, int, int]]:
+    """Run every unfinished run, ``jobs`` at a time; return ``(variant, seed, exit code)`` of those run.
+
+    ``threads`` sets each run's intra-op threads (``OMP_NUM_THREADS``); on a small CPU, two jobs
+    of one thread each use the cores better than one job of two for a small model.
+    """
+    pending = [(v, s) for v, s in sweep.runs() if not is_finished(sweep.run_dir(v, s))]
+    done = len(sweep.runs()) - len(pending)
+    log(f"sweep {sweep.name}: {len(pending)} runs to do, {done} already finished, in {sweep.output_dir}")
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    env.setdefault("TQDM_MININTERVAL", "30")  # progress lines in train.log, not a flood of them
+
+    def one(item: tuple[str, int]) -> tuple[str, int, int]:
+        variant, seed = item
+        run_dir = sweep.run_dir(variant, seed)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        sweep.config_for(variant, seed).save(run_dir / "sweep_config.yaml")
+        cmd = train_command(sweep, variant, seed)
+        start = time.perf_counter()
+        with (run_dir / "train.log").open("a", encoding="utf-8") as fh:
+            fh.write(f"$ {' '.join(cmd)}\n")
+            fh.flush()
+            code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        minutes = (time.perf_counter() - start) / 60
+        status = (
+            "done" if code == 0 and is_finished(run_dir) else f"FAILED (exit {code}, see {run_dir}/train.log)"
+        )
+        log(f"  {variant} seed {seed}: {status} in {minutes:.1f} min")
+        return variant, seed, code
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, pending))
+
+
+# -- summarising ---------------------------------------------------------------------------------
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value); NaN for none."""
+    if not values:
+        return math.nan, math.nan
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def _run_record(sweep: Sweep, variant: str, seed: int) -> dict[str, Any] | None:
+    run_dir = sweep.run_dir(variant, seed)
+    if not is_finished(run_dir):
+        return None
+    before_file = run_dir / "eval_before.json"
+    before = json.loads(before_file.read_text()) if before_file.is_file() else None
+    after = json.loads((run_dir / "eval_after.json").read_text())
+    records = read_metrics(run_dir)
+    tail = records[-sweep.tail_steps :]
+    final = {}
+    for key in TAIL_METRICS:
+        vals = [r[key] for r in tail if isinstance(r.get(key), int | float)]
+        final[key] = float(np.mean(vals)) if vals else None
+    return {
+        "variant": variant,
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "steps": len(records),
+        "accuracy_before": before["accuracy"] if before else None,
+        "accuracy_after": after["accuracy"],
+        "eval_examples": after["num_examples"],
+        "eval_hidden_ratio_after": after.get("hidden_ratio"),
+        "eval_length_after": after.get("completion_length"),
+        "final": final,
+        "train_minutes": sum(r.get("step_time") or 0.0 for r in records) / 60,
+    }
+
+
+def summarize(sweep: Sweep, *, plots: bool = True) -> dict[str, Any]:
+    """Aggregate the finished runs into ``results.json``, ``results.md`` and plots; return the summary."""
+    rows: list[dict[str, Any]] = []
+    for variant in sweep.variants:
+        runs = [r for s in sweep.seeds if (r := _run_record(sweep, variant, s)) is not None]
+        row: dict[str, Any] = {"variant": variant, "overrides": sweep.variants[variant], "runs": runs}
+        for key in ("accuracy_before", "accuracy_after"):
+            vals = [r[key] for r in runs if r[key] is not None]
+            row[key] = dict(zip(("mean", "std"), _mean_std(vals), strict=True)) | {"n": len(vals)}
+        gains = [r["accuracy_after"] - r["accuracy_before"] for r in runs if r["accuracy_before"] is not None]
+        row["gain"] = dict(zip(("mean", "std"), _mean_std(gains), strict=True))
+        for key in TAIL_METRICS:
+            vals = [r["final"][key] for r in runs if r["final"][key] is not None]
+            row[f"final_{key}"] = dict(zip(("mean", "std"), _mean_std(vals), strict=True))
+        rows.append(row)
+    summary = {
+        "name": sweep.name,
+        "seeds": sweep.seeds,
+        "common": sweep.common,
+        "base_config": str(sweep.base_config) if sweep.base_config else None,
+        "tail_steps": sweep.tail_steps,
+        "variants": rows,
+    }
+    out = sweep.output_dir
+    atomic_write_text(out / RESULTS_JSON, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / RESULTS_MD, markdown_table(summary))
+    if plots and any(row["runs"] for row in rows):
+        summary["plots"] = [str(p) for p in plot_sweep(sweep, rows)]
+    return summary
+
+
+def _pm(stat: dict[str, float], digits: int = 3) -> str:
+    if stat is None or math.isnan(stat.get("mean", math.nan)):
+        return "–"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The results table: held-out accuracy before/after (mean ± std over seeds) and final training metrics."""
+    tail = summary["tail_steps"]
+    lines = [
+        f"| variant | overrides | runs | held-out acc. before | held-out acc. after | gain | "
+        f"reward (last {tail}) | hidden ratio (last {tail}) | length (last {tail}) | after, per seed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in summary["variants"]:
+        overrides = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "–"
+        per_seed = " / ".join(f"{r['accuracy_after']:.2f}" for r in row["runs"]) or "–"
+        lines.append(
+            f"| {row['variant']} | {overrides} | {len(row['runs'])} | {_pm(row['accuracy_before'])} | "
+            f"{_pm(row['accuracy_after'])} | {_pm(row['gain'])} | {_pm(row['final_reward'])} | "
+            f"{_pm(row['final_hidden_ratio'])} | {_pm(row['final_completion_length'], 1)} | {per_seed} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _curve(run_dirs: list[Path], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, mean and std over runs of ``key``, on the steps every run logged."""
+    series = []
+    for d in run_dirs:
+        points = {r["step"]: r[key] for r in read_metrics(d) if isinstance(r.get(key), int | float)}
+        series.append(points)
+    steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    values = np.array([[s[k] for k in steps] for s in series], dtype=float)
+    if not steps:
+        return np.array([]), np.array([]), np.array([])
+    return np.array(steps), values.mean(0), values.std(0, ddof=1) if len(series) > 1 else values.std(0)
+
+
+def plot_sweep(sweep: Sweep, rows: list[dict[str, Any]]) -> list[Path]:
+    """Curves (mean ± std over seeds, smoothed) per variant, and a bar chart of held-out accuracy."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from hrpo.plotting import _save, _window, moving_average
+
+    fig = Figure(figsize=(11, 7.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (key, title) in enumerate(CURVE_METRICS):
+        ax = fig.add_subplot(2, 2, i + 1)
+        for j, row in enumerate(rows):
+            dirs = [Path(r["run_dir"]) for r in row["runs"]]
+            if not dirs:
+                continue
+            x, mean, std = _curve(dirs, key)
+            if not len(x):
+                continue
+            w = _window(len(x))
+            if w >= 3:
+                mean, std = moving_average(mean, w), moving_average(std, w)
+            color = f"C{j % 10}"
+            ax.plot(x, mean, color=color, linewidth=1.6, label=f"{row['variant']} (n={len(dirs)})")
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=8)
+        if i == 0 and ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{sweep.name}: mean ± std over seeds (moving average)")
+    written = [_save(fig, sweep.output_dir / CURVES_PNG)]
+
+    fig = Figure(figsize=(1.6 * len(rows) + 3, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    for k, (key, label) in enumerate((("accuracy_before", "before"), ("accuracy_after", "after"))):
+        means = [row[key]["mean"] for row in rows]
+        stds = [row[key]["std"] for row in rows]
+        ax.bar(x + (k - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=4, label=label, color=f"C{k}")
+        for j, row in enumerate(rows):  # the seeds themselves, so n=3 is not hidden behind a bar
+            vals = [r[key] for r in row["runs"] if r[key] is not None]
+            ax.scatter([x[j] + (k - 0.5) * 0.38] * len(vals), vals, color="black", s=8, zorder=3)
+    ax.set_xticks(x, [row["variant"] for row in rows], fontsize=8)
+    ax.set_ylabel("held-out accuracy (greedy)")
+    ax.set_ylim(0, 1)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{sweep.name}: held-out accuracy before and after training (mean ± std, dots: seeds)")
+    written.append(_save(fig, sweep.output_dir / ACCURACY_PNG))
+    return written

@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import yaml
+
+from hrpo.cli import main
+from hrpo.config import ConfigError
+from hrpo.sweep import load_sweep, train_command
+
+
+def write_sweep(tmp_path, tiny_dir, **changes):
+    spec = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "out"),
+        "common": {
+            "model_name_or_path": str(tiny_dir),
+            "max_steps": 2,
+            "num_generations": 2,
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "max_completion_length": 6,
+            "eval_limit": 4,
+            "eval_batch_size": 4,
+            "lora_r": 2,
+            "lora_alpha": 4,
+            "task_args": {"difficulty": 0, "num_train": 20, "num_test": 4},
+            "save_steps": 1,
+        },
+        "seeds": [0, 1],
+        "variants": {"grpo": {"hybrid": False}, "hrpo": {"r_min": 0.95}},
+        "tail_steps": 2,
+    }
+    spec.update(changes)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"variants": {"bad": {"learning_rat": 1.0}}}, "variant 'bad'.*learning_rat"),
+        ({"variants": {"x": {"seed": 3}}}, "set by the sweep itself"),
+        ({"seeds": []}, "seeds"),
+        ({"colour": "red"}, "unknown sweep keys"),
+        ({"variants": {}}, "variants"),
+    ],
+)
+def test_bad_sweep_files_are_refused_before_anything_runs(tmp_path, tiny_dir, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(write_sweep(tmp_path, tiny_dir, **changes))
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_runs_summarises_skips_and_resumes(tmp_path, tiny_dir, capsys):
+    path = write_sweep(tmp_path, tiny_dir)
+    assert main(["sweep", str(path), "--jobs", "2", "--threads", "1"]) == 0
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["variant"]: row for row in results["variants"]}
+    assert list(rows) == ["grpo", "hrpo"]
+    for name, row in rows.items():
+        runs = row["runs"]
+        assert [r["seed"] for r in runs] == [0, 1] and all(r["steps"] == 2 for r in runs)
+        after = [
+            json.loads((out / name / f"seed-{s}" / "eval_after.json").read_text())["accuracy"] for s in (0, 1)
+        ]
+        assert row["accuracy_after"]["mean"] == pytest.approx(sum(after) / 2)
+        assert row["accuracy_after"]["n"] == 2
+    assert rows["grpo"]["final_hidden_ratio"]["mean"] == 0 and rows["hrpo"]["final_hidden_ratio"]["mean"] > 0
+    table = (out / "results.md").read_text()
+    assert "| grpo | hybrid=False | 2 |" in table and "| hrpo | r_min=0.95 | 2 |" in table
+    assert (out / "curves.png").stat().st_size > 10_000 and (out / "heldout_accuracy.png").is_file()
+    config = yaml.safe_load((out / "hrpo" / "seed-1" / "config.yaml").read_text())
+    assert config["seed"] == 1 and config["r_min"] == 0.95 and config["max_steps"] == 2
+
+    # A run cut short (here: its final evaluation lost) resumes from its checkpoint; finished ones are skipped.
+    run = out / "hrpo" / "seed-0"
+    before = (run / "eval_before.json").read_text()
+    (run / "eval_after.json").unlink()
+    sweep = load_sweep(path)
+    assert train_command(sweep, "hrpo", 0)[-1] == "--resume"
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 0
+    assert "1 runs to do, 3 already finished" in capsys.readouterr().out
+    assert (run / "eval_after.json").is_file() and (run / "eval_before.json").read_text() == before
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
