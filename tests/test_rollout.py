@@ -163,23 +163,44 @@ def test_ignore_eos_generates_the_full_length(make_model, tok):
 
 
 @pytest.mark.parametrize("hybrid,do_sample", [(True, True), (False, True), (True, False)])
-def test_compacting_finished_sequences_changes_nothing(make_model, tok, monkeypatch, hybrid, do_sample):
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_compacting_finished_sequences_changes_nothing(
+    make_model, tok, monkeypatch, hybrid, do_sample, cache
+):
+    import hrpo.rollout
+
     model = HybridModel(eos_biased(make_model("qwen2"), tok.eos_token_id, 0.25), seed=0, r_min=0.5, r_max=0.6)
     kw = dict(
-        max_completion_length=60, temperature=1.0, num_generations=4, hybrid=hybrid, do_sample=do_sample
+        max_completion_length=60,
+        temperature=1.0,
+        num_generations=4,
+        hybrid=hybrid,
+        do_sample=do_sample,
+        cache=cache,
     )
     plain = engine(model, tok, compact_finished=False, **kw).generate(PROMPTS, seed=5)
     from transformers import DynamicCache
 
     kept = []
-    original = DynamicCache.batch_select_indices
-    monkeypatch.setattr(
-        DynamicCache,
-        "batch_select_indices",
-        lambda self, idx: (kept.append(len(idx)), original(self, idx))[1],
-    )
+    if cache == "dynamic":
+        original = DynamicCache.batch_select_indices
+        monkeypatch.setattr(
+            DynamicCache,
+            "batch_select_indices",
+            lambda self, idx: (kept.append(len(idx)), original(self, idx))[1],
+        )
+    else:
+        original = hrpo.rollout._select_static_rows
+        monkeypatch.setattr(
+            hrpo.rollout,
+            "_select_static_rows",
+            lambda c, idx: (kept.append(len(idx)), original(c, idx))[1],
+        )
     compact = engine(model, tok, compact_finished=True, **kw).generate(PROMPTS, seed=5)
-    assert len(kept) >= 2 and kept == sorted(kept, reverse=True) and kept[-1] < 12  # the batch really shrank
+    if cache == "dynamic":  # the batch really shrank
+        assert len(kept) >= 2 and kept == sorted(kept, reverse=True) and kept[-1] < 12
+    else:
+        assert kept == [6]  # halving, down to MIN_BUCKET rows: a few fixed shapes
     assert plain.completion_lengths.unique().numel() > 2
     for name in ("completion_ids", "completion_mask", "thinking_mask"):
         assert torch.equal(getattr(plain, name), getattr(compact, name)), name
@@ -254,26 +275,36 @@ def test_ablations_keep_rollout_and_teacher_forced_log_probs_equal(make_model, t
 
 @pytest.mark.parametrize("hybrid", [True, False])
 def test_compiled_backend_gives_the_same_rollouts(make_model, tok, hybrid):
-    """The compiled decoding step (static cache, pre-allocated mask, bucketed prompts) samples
-    what the eager path samples, and its log-probs equal the teacher-forced recomputation."""
+    """The compiled decoding step (static cache, pre-allocated mask, bucketed prompts, batch
+    halving as sequences finish) samples what the eager path samples, and its log-probs equal
+    the teacher-forced recomputation."""
     import torch._dynamo
 
+    import hrpo.rollout
+
     torch._dynamo.reset()
-    model = HybridModel(eos_biased(make_model("qwen2"), tok.eos_token_id, 0.1), seed=0, r_min=0.9, r_max=0.95)
-    kw = dict(max_completion_length=20, temperature=1.0, num_generations=2, hybrid=hybrid)
+    model = HybridModel(eos_biased(make_model("qwen2"), tok.eos_token_id, 0.2), seed=0, r_min=0.9, r_max=0.95)
+    kw = dict(max_completion_length=40, temperature=1.0, num_generations=4, hybrid=hybrid)
     eager = engine(model, tok, **kw).generate(PROMPTS, seed=5)
     eng = engine(model, tok, backend="compiled", **kw)
     assert eng.config.cache == "static"
-    with torch._dynamo.config.patch(error_on_recompile=True):
+    kept = []
+    original = hrpo.rollout._select_static_rows
+    hrpo.rollout._select_static_rows = lambda c, idx: (kept.append(len(idx)), original(c, idx))[1]
+    try:
         compiled = eng.generate(PROMPTS, seed=5)
-        again = eng.generate(PROMPTS[::-1], seed=6)  # other order and padding, same shapes: no recompile
+        with torch._dynamo.config.patch(error_on_recompile=True):  # same shapes again: no recompilation
+            again = eng.generate(PROMPTS, seed=5)
+    finally:
+        hrpo.rollout._select_static_rows = original
+    assert kept[:1] == [6]  # the batch was halved, and the smaller shape compiled too
     assert not eng._compile_failed
     assert torch.equal(eager.completion_ids, compiled.completion_ids)
+    assert torch.equal(compiled.completion_ids, again.completion_ids)
     assert torch.equal(eager.prompt_ids, compiled.prompt_ids)  # bucketing padding is not returned
     torch.testing.assert_close(compiled.logprobs, eager.logprobs, atol=1e-4, rtol=0)
-    for ro in (compiled, again):
-        recomputed = engine(model, tok, **kw).teacher_forced_logprobs(ro)
-        torch.testing.assert_close(recomputed, ro.logprobs, atol=1e-4, rtol=0)
+    recomputed = engine(model, tok, **kw).teacher_forced_logprobs(compiled)
+    torch.testing.assert_close(recomputed, compiled.logprobs, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="backend"):
         RolloutConfig(backend="vllm")
 

@@ -72,8 +72,9 @@ class HRPOConfig:
     "static" (pre-allocated prompt + max_completion_length positions, written in place). The
     compiled backend always uses "static"."""
     compact_finished: bool = True
-    """With the dynamic cache, drop finished sequences from the decoding batch once a quarter of it
-    has finished (same rollouts, less compute)."""
+    """Drop finished sequences from the decoding batch (same rollouts, less compute): with the
+    dynamic cache once a quarter of it has finished, with the static cache by halving the batch
+    once at most half of it is running."""
     sync_every: int = 1
     """Decoding steps between host checks for finished sequences; ~8 keeps a GPU's queue full."""
     r_min: float = 0.99

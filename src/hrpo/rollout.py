@@ -33,6 +33,7 @@ from hrpo.sampling import restrict, sample, token_logprobs
 
 StepCallback = Callable[[torch.Tensor, torch.Tensor], None]
 PROMPT_BUCKET = 64
+MIN_BUCKET = 4  # smallest batch a static cache is compacted to
 
 
 @dataclass
@@ -66,14 +67,15 @@ class RolloutConfig:
     ignore_eos: bool = False
     """Keep generating past EOS up to ``max_completion_length`` (for throughput benchmarks)."""
     compact_finished: bool = True
-    """Drop finished sequences from the decoding batch (and their KV-cache rows) once a quarter
-    of it has finished, so they stop costing compute. Results are unchanged: sampling noise is
-    drawn for the full batch either way."""
+    """Drop finished sequences from the decoding batch (and their KV-cache rows) so they stop
+    costing compute: with the dynamic cache once a quarter of it has finished; with the static
+    cache by halving the batch once at most half of it is running (a few fixed shapes, each
+    compiled once by the compiled backend). Results are unchanged: sampling noise is drawn for
+    the full batch either way."""
     cache: str = "dynamic"
     """KV cache: ``"dynamic"`` grows by concatenation and allows ``compact_finished``;
     ``"static"`` pre-allocates prompt + ``max_completion_length`` positions and writes in place
-    (no per-step reallocation; the form compiled decode steps need). Static keeps finished
-    sequences in the batch."""
+    (no per-step reallocation; the form compiled decode steps need)."""
     sync_every: int = 1
     """Steps between the host's checks of how many sequences have finished (the only
     device-to-host synchronisation of a step). On GPUs a value like 8 keeps the launch queue
@@ -330,9 +332,12 @@ class RolloutEngine:
                     done = int(finished.sum())  # the host synchronisation
                     if done == len(rows):
                         break
-                if cfg.compact_finished and cfg.cache == "dynamic" and done > 0 and done * 4 >= len(rows):
-                    keep = (~finished).nonzero().squeeze(1)
-                    cache.batch_select_indices(keep)
+                keep = _rows_to_keep(finished, done, cfg) if cfg.compact_finished and done > 0 else None
+                if keep is not None:
+                    if cfg.cache == "dynamic":
+                        cache.batch_select_indices(keep)
+                    else:
+                        _select_static_rows(cache, keep)
                     rows, finished, state = rows[keep], finished[keep], state[keep]
                     mask, next_pos, embeds = mask[keep], next_pos[keep], embeds[keep]
                 if cfg.cache == "static":
@@ -400,6 +405,38 @@ class RolloutEngine:
             temperature=rollout.temperature,
         )
         return logprobs
+
+
+def _rows_to_keep(finished: torch.Tensor, done: int, cfg: RolloutConfig) -> torch.Tensor | None:
+    """Which rows of the decoding batch to keep, or None to keep them all.
+
+    Dynamic cache: every running row, once a quarter of the batch has finished. Static cache:
+    the batch halves (running rows first, topped up with finished ones) once at most half of it
+    is running, down to ``MIN_BUCKET`` rows, so a compiled step sees only a few batch shapes.
+    """
+    n = len(finished)
+    if cfg.cache == "dynamic":
+        return (~finished).nonzero().squeeze(1) if done * 4 >= n else None
+    size = n // 2
+    if size < MIN_BUCKET or n - done > size:
+        return None
+    return torch.argsort(finished.to(torch.int8), stable=True)[:size]
+
+
+def _select_static_rows(cache: StaticCache, keep: torch.Tensor) -> None:
+    """Keep only the ``keep`` rows of a static cache's pre-allocated keys and values.
+
+    New, smaller buffers replace the old ones and are marked as static addresses, as the cache
+    does for its own buffers, so CUDA graphs can be captured for the smaller batch.
+    """
+    for layer in cache.layers:
+        if not getattr(layer, "is_initialized", False):
+            continue
+        layer.keys = layer.keys.index_select(0, keep.to(layer.keys.device))
+        layer.values = layer.values.index_select(0, keep.to(layer.values.device))
+        layer.batch_size = len(keep)
+        torch._dynamo.mark_static_address(layer.keys)
+        torch._dynamo.mark_static_address(layer.values)
 
 
 def _is_compile_error(exc: Exception) -> bool:
