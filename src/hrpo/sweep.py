@@ -22,6 +22,7 @@ comparison plots (mean ± std over seeds).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -149,13 +150,14 @@ def run_sweep(
     *,
     jobs: int = 1,
     threads: int | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> list[tuple[str, int, int]]:
     """Run every unfinished run, ``jobs`` at a time; return ``(variant, seed, exit code)`` of those run.
 
     ``threads`` sets each run's intra-op threads (``OMP_NUM_THREADS``); on a small CPU, two jobs
     of one thread each use the cores better than one job of two for a small model.
     """
+    log = log or functools.partial(print, flush=True)  # flushed: a sweep's log is usually a file
     pending = [(v, s) for v, s in sweep.runs() if not is_finished(sweep.run_dir(v, s))]
     done = len(sweep.runs()) - len(pending)
     log(f"sweep {sweep.name}: {len(pending)} runs to do, {done} already finished, in {sweep.output_dir}")
