@@ -85,3 +85,13 @@ def test_sweep_runs_summarises_skips_and_resumes(tmp_path, tiny_dir, capsys):
     assert "1 runs to do, 3 already finished" in capsys.readouterr().out
     assert (run / "eval_after.json").is_file() and (run / "eval_before.json").read_text() == before
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_permutation_p_value_by_hand():
+    from hrpo.sweep import permutation_p_value
+
+    # 3 vs 3 fully separated: only the observed split and its mirror reach the difference: 2/20.
+    assert permutation_p_value([0.5, 0.6, 0.7], [0.1, 0.2, 0.3]) == pytest.approx(0.1)
+    assert permutation_p_value([0.2, 0.2], [0.2, 0.2]) == 1.0
+    # Splits of {1,2,3,4} into pairs: |diff| of means is 2 for {1,2}|{3,4}, 1 for {1,3}|{2,4}, 0 for {1,4}|{2,3}.
+    assert permutation_p_value([1, 3], [2, 4]) == pytest.approx(4 / 6)
