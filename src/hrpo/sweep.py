@@ -300,8 +300,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
     tail, base = summary["tail_steps"], summary["baseline"]
     lines = [
         f"| variant | overrides | runs | held-out acc. before | held-out acc. after | gain | p (after vs {base}) | "
-        f"reward (last {tail}) | hidden ratio (last {tail}) | length (last {tail}) | after, per seed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"reward (last {tail}) | train acc. (last {tail}) | hidden ratio (last {tail}) | length (last {tail}) | "
+        "after, per seed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in summary["variants"]:
         overrides = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "–"
@@ -309,7 +310,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {row['variant']} | {overrides} | {len(row['runs'])} | {_pm(row['accuracy_before'])} | "
             f"{_pm(row['accuracy_after'])} | {_pm(row['gain'])} | {_p(row.get('p_vs_baseline'))} | "
-            f"{_pm(row['final_reward'])} | "
+            f"{_pm(row['final_reward'])} | {_pm(row['final_accuracy'])} | "
             f"{_pm(row['final_hidden_ratio'])} | {_pm(row['final_completion_length'], 1)} | {per_seed} |"
         )
     note = (
