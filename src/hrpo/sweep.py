@@ -351,7 +351,8 @@ def plot_sweep(sweep: Sweep, rows: list[dict[str, Any]]) -> list[Path]:
             x, mean, std = _curve(dirs, key)
             if not len(x):
                 continue
-            w = _window(len(x))
+            # Steps of a few completions are noisy; average over 5 even on short runs.
+            w = max(_window(len(x)), 5 if len(x) >= 15 else 1)
             if w >= 3:
                 mean, std = moving_average(mean, w), moving_average(std, w)
             color = f"C{j % 10}"
