@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from hrpo.config import ConfigError, HRPOConfig, load_config
+from hrpo.config import ConfigError, HRPOConfig, load_config, read_yaml_mapping
 from hrpo.metrics import read_metrics
 from hrpo.storage import atomic_write_text
 
@@ -91,16 +90,10 @@ class Sweep:
 def load_sweep(path: str | Path, output_dir: str | Path | None = None) -> Sweep:
     """Read and check a sweep file; every run's config is validated before anything runs."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    raw = read_yaml_mapping(path, "sweep")
     known = {"name", "base_config", "output_dir", "common", "seeds", "variants", "tail_steps"}
-    if not isinstance(raw, dict) or set(raw) - known:
-        extra = sorted(set(raw) - known) if isinstance(raw, dict) else raw
-        raise ConfigError(f"{path}: unknown sweep keys {extra} (known: {sorted(known)})")
+    if set(raw) - known:
+        raise ConfigError(f"{path}: unknown sweep keys {sorted(set(raw) - known)} (known: {sorted(known)})")
     variants = raw.get("variants")
     if not isinstance(variants, dict) or not variants:
         raise ConfigError(f"{path}: 'variants' must map names to config overrides")
