@@ -13,10 +13,10 @@ PY=${PYTHON:-python}
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$OUT"
 model=(--random-config "$CFG" --tokenizer "$TOKENIZER")
-batches=(8 32 64 128); tokens=512; repeats=3; steps=3; completion=512; tag=${TAG:-gpu}
+batches=(8 32 64 128); tokens=512; repeats=3; steps=3; completion=512; parity_tokens=256; tag=${TAG:-gpu}
 if [[ -n "${QUICK:-}" ]]; then
   model+=(--override num_hidden_layers=2 hidden_size=256 intermediate_size=512 num_attention_heads=4 num_key_value_heads=2)
-  batches=(2 4); tokens=8; repeats=1; steps=2; completion=8; tag=quick
+  batches=(2 4); tokens=8; repeats=1; steps=2; completion=8; parity_tokens=8; tag=quick
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu_$tag.txt" 2>/dev/null || true
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" >> "$OUT/gpu_$tag.txt"
@@ -28,4 +28,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
   --gradient-checkpointing --output "$OUT/train_step_checkpointing_$tag.json"
 "$PY" benchmarks/train_step.py "${model[@]}" --steps $steps --max-completion-length $completion \
   --rollout-backend compiled --sync-every 8 --output "$OUT/train_step_compiled_$tag.json"
+"$PY" benchmarks/logprob_parity.py "${model[@]}" --batch-size 16 --new-tokens $parity_tokens \
+  --output "$OUT/logprob_parity_$tag.json"
 echo "results in $OUT"
