@@ -178,10 +178,11 @@ class RolloutEngine:
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.eos_ids[0])
         self._compiled_step: Callable | None = None
+        self._compiled_sampler: Callable | None = None
         self._compile_failed = False
 
     def _decode_step(self) -> Callable:
-        """The compiled decoding step (built once; reused across calls of the same shapes)."""
+        """The compiled decoder + head (built once; reused across calls of the same shapes)."""
         if self._compiled_step is None:
             mode = "reduce-overhead" if self.model.device.type == "cuda" else None
             self._compiled_step = torch.compile(self.model.decode_step, dynamic=False, mode=mode)
@@ -261,8 +262,6 @@ class RolloutEngine:
         marker = self.marker.to(device)
         eos_ids = self.eos_ids.to(device) if not cfg.ignore_eos else self.eos_ids[:0].to(device)
         latent_dtype = cfg.latent_dtype or model.dtype
-        weight, scale = model.get_embedding_weight(), model.embed_scale
-        from_hidden = model.gate.latent_source == "hidden_state"
 
         completion = torch.full((n, max_new), self.pad_id, dtype=torch.long, device=device)
         comp_mask = torch.zeros((n, max_new), dtype=torch.long, device=device)
@@ -291,30 +290,30 @@ class RolloutEngine:
             if cfg.cache == "static":  # the whole attention mask up front, filled in place
                 mask = _pad_to(mask, prompt_len + max_new, 0, left=False)
             steps = 0
+            vocab = logits.shape[-1]
+            width = cfg.top_k if cfg.top_k is not None and 0 < cfg.top_k < vocab else vocab
             for t in range(max_new):
-                support = restrict(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+                noise = None
                 if cfg.do_sample:
                     # Noise for all n sequences, so compaction does not change what is sampled.
-                    noise = torch.empty((n, support.probs.shape[-1]), device=device).exponential_(
-                        generator=gen
-                    )
-                    tok = sample(support, noise=noise if len(rows) == n else noise[rows])
+                    noise = torch.empty((n, width), device=device).exponential_(generator=gen)
+                    noise = noise if len(rows) == n else noise[rows]
+                args = (logits, noise, finished, hidden)
+                if compiled:
+                    out = self._compiled_call(self._compiled_sample_and_mix, self._sample_and_mix, *args)
+                    compiled = not self._compile_failed
                 else:
-                    tok = logits.argmax(dim=-1)
-                tok = tok.masked_fill(finished, self.pad_id)
+                    out = self._sample_and_mix(*args)
+                tok, lp, embeds, mixed, h, a = out
                 running = ~finished
                 is_eos = torch.isin(tok, eos_ids) & running
                 state = marker.step(state, tok)
                 completion[rows, t] = tok
                 comp_mask[rows, t] = running.long()
-                logprobs[rows, t] = token_logprobs(logits, tok, cfg.temperature) * running
+                logprobs[rows, t] = lp * running
 
-                embeds = model.embed_tokens(tok)
                 if cfg.hybrid:
                     think = running & ~marker.seen(state) & ~is_eos
-                    h = hidden if from_hidden else project_latent(support, weight, scale)
-                    h = h.to(latent_dtype)
-                    mixed, a = model.gate(embeds, h)
                     embeds = torch.where(think[:, None], mixed, embeds)
                     thinking[rows, t] = think
                     latents[rows, t] = h * think[:, None]
@@ -346,7 +345,8 @@ class RolloutEngine:
                     ones = torch.ones((len(rows), 1), dtype=mask.dtype, device=device)
                     mask = torch.cat([mask, ones], dim=1)
                 if compiled:
-                    hidden, logits = self._compiled_call(embeds[:, None], mask, next_pos, cache)
+                    args = (embeds[:, None], mask, next_pos, cache)
+                    hidden, logits = self._compiled_call(self._decode_step, model.decode_step, *args)
                     compiled = not self._compile_failed
                 else:
                     hidden, logits = model.decode_step(embeds[:, None], mask, next_pos, cache)
@@ -376,12 +376,45 @@ class RolloutEngine:
             completion_texts=texts,
         )
 
-    def _compiled_call(self, *args) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the compiled step; on a compilation error warn once and run this step eagerly."""
+    def _sample_and_mix(
+        self, logits: torch.Tensor, noise: torch.Tensor | None, finished: torch.Tensor, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """One step's token work, after the decoder: restrict, sample (or argmax), log-prob, and the
+        next input's pieces: token embedding, latent ``h`` and the gate's mix ``(mixed, a)``.
+
+        A pure function of tensors, so the compiled backend fuses it into a few kernels; the
+        marker automaton and the bookkeeping stay outside. ``mixed``, ``h`` and ``a`` are None
+        without hybrid decoding.
+        """
+        cfg, model = self.config, self.model
+        support = restrict(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+        tok = sample(support, noise=noise) if noise is not None else logits.argmax(dim=-1)
+        tok = tok.masked_fill(finished, self.pad_id)
+        lp = token_logprobs(logits, tok, cfg.temperature)
+        embeds = model.embed_tokens(tok)
+        if not cfg.hybrid:
+            return tok, lp, embeds, None, None, None
+        if model.gate.latent_source == "hidden_state":
+            h = hidden
+        else:
+            h = project_latent(support, model.get_embedding_weight(), model.embed_scale)
+        h = h.to(cfg.latent_dtype or model.dtype)
+        mixed, a = model.gate(embeds, h)
+        return tok, lp, embeds, mixed, h, a
+
+    def _compiled_sample_and_mix(self) -> Callable:
+        """The compiled token step (plain ``torch.compile``: small ops fused, no CUDA graphs)."""
+        if self._compiled_sampler is None:
+            self._compiled_sampler = torch.compile(self._sample_and_mix, dynamic=False)
+        return self._compiled_sampler
+
+    def _compiled_call(self, compiled: Callable[[], Callable], eager: Callable, *args):
+        """``compiled()(*args)``; on a compilation error warn once and run ``eager(*args)`` instead
+        (the caller then stays eager for the rest of the engine's life)."""
         try:
-            return self._decode_step()(*args)
+            return compiled()(*args)
         except Exception as exc:  # noqa: BLE001 - any backend failure falls back to the eager path
-            if self._compiled_step is None or not _is_compile_error(exc):
+            if not _is_compile_error(exc):
                 raise
             self._compile_failed = True
             warnings.warn(
@@ -390,7 +423,7 @@ class RolloutEngine:
                 RuntimeWarning,
                 stacklevel=3,
             )
-            return self.model.decode_step(*args)
+            return eager(*args)
 
     def teacher_forced_logprobs(self, rollout: Rollout, *, hybrid: bool | None = None) -> torch.Tensor:
         """Recompute ``rollout``'s completion log-probs teacher-forced at the rollout temperature."""
