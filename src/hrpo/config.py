@@ -64,8 +64,9 @@ class HRPOConfig:
     Rollouts are seeded per call from (seed, step, global call index), so results do not depend on
     how many processes share the work as long as this is the same."""
     rollout_backend: Literal["eager", "compiled"] = "eager"
-    """Rollout decoding: "eager" (op by op) or "compiled" (torch.compile'd decoding step over a
-    static KV cache, CUDA graphs on GPUs; same rollouts, falls back to eager if compilation fails).
+    """Rollout decoding: "eager" (op by op) or "compiled" (torch.compile'd decoder step over a
+    static KV cache with CUDA graphs on GPUs, and a fused sampling/latent/gate step; same rollouts,
+    falls back to eager if compilation fails).
     The first rollout of each batch shape pays the compilation (tens of seconds)."""
     cache_implementation: str = "dynamic"
     """Rollout KV cache: "dynamic" (grows; finished sequences are compacted out of the batch) or

@@ -81,10 +81,11 @@ class RolloutConfig:
     device-to-host synchronisation of a step). On GPUs a value like 8 keeps the launch queue
     full; finished sequences just emit padding until the next check. Results are unchanged."""
     backend: str = "eager"
-    """``"eager"``: the model runs op by op (any cache). ``"compiled"``: the decoding step (decoder
-    and head) is ``torch.compile``d once per batch shape over a static cache and a pre-allocated
-    attention mask, so every step has the same shapes (CUDA graphs on GPUs). Implies
-    ``cache="static"``; if compilation fails, a warning is given and the step runs eagerly."""
+    """``"eager"``: the model runs op by op (any cache). ``"compiled"``: the decoder and head are
+    ``torch.compile``d once per batch shape over a static cache and a pre-allocated attention
+    mask, so every step has the same shapes (CUDA graphs on GPUs), and the token step (sampling,
+    log-prob, latent, gate) is compiled into fused kernels. Implies ``cache="static"``; if
+    compilation fails, a warning is given and decoding continues eagerly."""
 
     def __post_init__(self) -> None:
         if self.num_generations < 1:
