@@ -73,3 +73,24 @@ def describe_model(args: argparse.Namespace) -> str:
         extra = f" with {', '.join(args.override)}" if args.override else ""
         return f"{args.random_config} (random weights){extra}"
     return args.model or "SmolLM2-135M-Instruct (embedded)"
+
+
+def environment(device: str) -> dict:
+    """Where a result was measured: device name and library versions."""
+    import transformers
+
+    return {
+        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def write_result(path: str, result: dict) -> None:
+    """Write a benchmark's JSON result file (creating its directory) and say where."""
+    from pathlib import Path
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")

@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 
 import torch
-import transformers
 
 from hrpo import HybridModel, RolloutConfig, RolloutEngine
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import add_model_args, describe_model, load_bench_model  # noqa: E402
+from common import add_model_args, describe_model, environment, load_bench_model, write_result  # noqa: E402
 from rollout_throughput import PROMPTS  # noqa: E402
 
 BACKENDS = {
@@ -69,17 +68,12 @@ def main() -> None:
         "benchmark": "logprob_parity",
         "model": describe_model(args),
         "dtype": str(hf.dtype),
-        "device": device if device == "cpu" else torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        **environment(device),
         "batch_size": args.batch_size,
         "new_tokens": args.new_tokens,
         "backends": rows,
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,12 @@ import time
 from pathlib import Path
 
 import torch
-import transformers
 
 from hrpo import HybridModel, RolloutConfig, RolloutEngine
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bandwidth_floor import copy_bandwidth, floor_tokens_per_second  # noqa: E402
-from common import add_model_args, describe_model, load_bench_model  # noqa: E402
+from common import add_model_args, describe_model, environment, load_bench_model, write_result  # noqa: E402
 from reference_loop import reference_style_rollout  # noqa: E402
 
 PROMPTS = [
@@ -173,11 +172,9 @@ def main() -> None:
         "model": describe_model(args),
         "copy_bandwidth_gb_s": bandwidth / 1e9,
         "dtype": str(hf.dtype),
-        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+        **environment(device),
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
         "temperature": args.temperature,
         "top_k": args.top_k,
         "repeats": args.repeats,
@@ -185,10 +182,7 @@ def main() -> None:
         "sync_every": args.sync_every,
         "rows": rows,
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":

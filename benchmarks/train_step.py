@@ -20,10 +20,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import add_model_args, describe_model, load_bench_model  # noqa: E402
+from common import add_model_args, describe_model, environment, load_bench_model, write_result  # noqa: E402
 from rollout_throughput import PROMPTS  # noqa: E402
 
 from hrpo.config import HRPOConfig  # noqa: E402
@@ -94,10 +93,8 @@ def main() -> None:
     result = {
         "benchmark": "train_step",
         "model": describe_model(args),
-        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+        **environment(device),
         "dtype": str(model.dtype),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
         "num_generations": args.num_generations,
         "completions_per_step": completions,
         "micro_batch": args.micro_batch,
@@ -111,10 +108,7 @@ def main() -> None:
         "peak_memory_gb": max(s["peak_memory_gb"] for s in steps),
         "steps": steps,
     }
-    out_path = Path(args.output)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out_path}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":
