@@ -30,6 +30,18 @@ def make_model(tok):
     return make
 
 
+@pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
+def threads(request):
+    """Run the test under 1 and 2 intra-op threads: kernels block and reduce differently with each,
+    so invariance tests meet the rounding differences users' machines produce."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The real default model and tokenizer (converted once, then loaded from the cache)."""

@@ -29,6 +29,7 @@ from hrpo.distributed import (  # noqa: E402
 )
 from hrpo.model import HybridModel  # noqa: E402
 from hrpo.rollout import RolloutConfig, RolloutEngine  # noqa: E402
+from invariance import decision_gaps  # noqa: E402
 from tiny import tiny_model, tiny_tokenizer  # noqa: E402
 
 
@@ -84,7 +85,17 @@ def main() -> None:
                     dist.all_reduce(p.grad)
                     p.grad /= world
         grads = {n: full_tensor(p.grad).clone() for n, p in m.named_parameters() if p.grad is not None}
-        return {"tokens": ro.completion_ids, "rollout_lp": ro.logprobs, "tf_lp": lp.detach(), "grads": grads}
+        record = {
+            "tokens": ro.completion_ids,
+            "mask": ro.completion_mask,
+            "thinking": ro.thinking_mask,
+            "rollout_lp": ro.logprobs,
+            "tf_lp": lp.detach(),
+            "grads": grads,
+        }
+        if average:  # the unsharded reference: its decision gaps, to tell near ties from bugs
+            record["gaps"], record["boundary"] = decision_gaps(m, ro, config, seed)
+        return record
 
     def adam(m: HybridModel) -> torch.optim.Optimizer:
         return torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)

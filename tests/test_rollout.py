@@ -4,6 +4,13 @@ import torch
 from hrpo import HybridModel, RolloutConfig, RolloutEngine
 from hrpo.marker import MarkerTracker
 from hrpo.prompts import PromptTooLongError
+from invariance import (
+    Tokens,
+    assert_same_until_near_ties,
+    assert_teacher_forced_parity,
+    check_agreement,
+    decision_gaps,
+)
 from tiny import greedy_generate_reference
 
 ARCHS = ["llama", "qwen2", "qwen3", "mistral", "gemma3_text"]
@@ -18,14 +25,27 @@ def mask_after(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
     return [r[: int(m.sum())].tolist() for r, m in zip(ids, mask, strict=True)]
 
 
+# Tolerances of the invariance tests (see tests/invariance.py): log-probs of identical tokens
+# computed with other shapes/kernels/threads agree within ATOL; tokens may differ only where the
+# decision gap is within TIE. Plain decoding: rounding only (~1e-6). Hybrid decoding with the gate
+# at r_min 0.9 (hidden ratio ~0.2): the latent feedback amplifies rounding along a sequence
+# (measured up to ~1e-5); a wide-open gate on a random model (r_min 0.5) is chaotic and can
+# amplify it past 1e-2 within 40 steps, so the invariance tests keep the gate at 0.9.
+PLAIN = dict(atol=1e-4, tie=2e-4)
+HYBRID = dict(atol=1e-3, tie=2e-3)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-def test_plain_greedy_equals_generate(make_model, tok, arch):
+def test_plain_greedy_equals_generate(make_model, tok, arch, threads):
+    """Plain greedy decoding makes ``model.generate``'s choices (up to near ties) with its log-probs."""
     hf = make_model(arch)
-    ro = engine(
-        HybridModel(hf, seed=0), tok, hybrid=False, do_sample=False, max_completion_length=24
-    ).generate(PROMPTS)
-    ref = greedy_generate_reference(hf, ro.prompt_ids, ro.prompt_mask, 24, tok)
-    assert mask_after(ro.completion_ids, ro.completion_mask) == ref
+    model = HybridModel(hf, seed=0)
+    cfg = RolloutConfig(hybrid=False, do_sample=False, max_completion_length=24)
+    ro = RolloutEngine(model, tok, cfg).generate(PROMPTS)
+    ref = greedy_generate_reference(hf, ro.prompt_ids, ro.prompt_mask, 24, tok, temperature=cfg.temperature)
+    gaps, boundary = decision_gaps(model, ro, cfg)
+    agreed = check_agreement(Tokens.of(ro), ref, gaps, boundary, **PLAIN)
+    assert agreed.compared >= len(ro)
     assert not ro.thinking_mask.any() and not ro.latents.any()
 
 
@@ -50,26 +70,23 @@ def test_rollout_logprobs_equal_teacher_forced(make_model, tok, arch, top_k, top
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_greedy_hybrid_is_batch_invariant(make_model, tok, arch):
-    """A prompt's greedy hybrid completion does not depend on its batch-mates or their padding.
-
-    Different batch shapes change float rounding (~1e-7). A random model with a gate opened far
-    past training's start (hidden ratio ~0.7) amplifies that through the latent feedback loop
-    within ~20 steps, so this uses r_min=0.9 (hidden ratio ~0.2), where a padding or position
-    bug would still show from the first step.
-    """
+def test_greedy_hybrid_is_batch_invariant(make_model, tok, arch, threads):
+    """A prompt's greedy hybrid completion does not depend on its batch-mates or their padding,
+    in batches of 3, 2 and 1: the same tokens up to near ties, the same log-probs within rounding.
+    A padding or position bug would show from the first step."""
     model = HybridModel(make_model(arch), seed=0, r_min=0.9, r_max=0.999)
-    eng = engine(model, tok, do_sample=False, max_completion_length=32)
+    cfg = RolloutConfig(do_sample=False, max_completion_length=32)
+    eng = RolloutEngine(model, tok, cfg)
     together = eng.generate(PROMPTS)
     assert together.mean_hidden_ratio() > 0.15
-    got = mask_after(together.completion_ids, together.completion_mask)
+    compared = 0
     for i, p in enumerate(PROMPTS):
         alone = eng.generate([p])
-        assert mask_after(alone.completion_ids, alone.completion_mask)[0] == got[i]
-        n = alone.completion_ids.shape[1]
-        assert (alone.logprobs[0] - together.logprobs[i, :n]).abs().max() < 1e-4
+        compared += assert_same_until_near_ties(model, together, alone, cfg, rows=[i], **HYBRID).compared
     swapped = eng.generate([PROMPTS[2], PROMPTS[0]])
-    assert mask_after(swapped.completion_ids, swapped.completion_mask) == [got[2], got[0]]
+    compared += assert_same_until_near_ties(model, together, swapped, cfg, rows=[2, 0], **HYBRID).compared
+    assert compared >= 5
+    assert_teacher_forced_parity(model, swapped, cfg)
 
 
 def test_seed_fixes_the_rollout(make_model, tok):
@@ -164,16 +181,22 @@ def test_ignore_eos_generates_the_full_length(make_model, tok):
 
 @pytest.mark.parametrize("hybrid,do_sample", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("group", [3, 4])
 def test_compacting_finished_sequences_changes_nothing(
-    make_model, tok, monkeypatch, hybrid, do_sample, cache
+    make_model, tok, monkeypatch, hybrid, do_sample, cache, group, threads
 ):
+    """Compaction (a smaller decoding batch) gives the same rollouts up to near ties: sampling
+    noise is drawn for the full batch either way, and each rollout equals its teacher-forced
+    recomputation."""
     import hrpo.rollout
 
-    model = HybridModel(eos_biased(make_model("qwen2"), tok.eos_token_id, 0.25), seed=0, r_min=0.5, r_max=0.6)
+    model = HybridModel(
+        eos_biased(make_model("qwen2"), tok.eos_token_id, 0.25), seed=0, r_min=0.9, r_max=0.95
+    )
     kw = dict(
         max_completion_length=60,
         temperature=1.0,
-        num_generations=4,
+        num_generations=group,
         hybrid=hybrid,
         do_sample=do_sample,
         cache=cache,
@@ -196,51 +219,55 @@ def test_compacting_finished_sequences_changes_nothing(
             "_select_static_rows",
             lambda c, idx: (kept.append(len(idx)), original(c, idx))[1],
         )
-    compact = engine(model, tok, compact_finished=True, **kw).generate(PROMPTS, seed=5)
+    compact_cfg = RolloutConfig(compact_finished=True, **kw)
+    compact = RolloutEngine(model, tok, compact_cfg).generate(PROMPTS, seed=5)
+    n = 3 * group
     if cache == "dynamic":  # the batch really shrank
-        assert len(kept) >= 2 and kept == sorted(kept, reverse=True) and kept[-1] < 12
+        assert len(kept) >= 2 and kept == sorted(kept, reverse=True) and kept[-1] < n
     else:
-        assert kept == [6]  # halving, down to MIN_BUCKET rows: a few fixed shapes
+        assert kept == [n // 2]  # halving, down to MIN_BUCKET rows: a few fixed shapes
     assert plain.completion_lengths.unique().numel() > 2
-    for name in ("completion_ids", "completion_mask", "thinking_mask"):
-        assert torch.equal(getattr(plain, name), getattr(compact, name)), name
-    assert compact.completion_texts == plain.completion_texts
-    # A smaller batch rounds differently (~1e-6). Hybrid decoding feeds p back as the next input,
-    # so on this tiny model with a strong latent (r_min 0.5) that noise grows along the sequence;
-    # the invariant that matters is that the compacted rollout equals its teacher-forced recomputation.
-    atol = 5e-2 if hybrid else 2e-5
-    for name in ("logprobs", "latents", "embeds_ratio", "hidden_ratio"):
-        torch.testing.assert_close(getattr(compact, name), getattr(plain, name), atol=atol, rtol=0)
-    recomputed = engine(model, tok, **kw).teacher_forced_logprobs(compact)
-    torch.testing.assert_close(recomputed, compact.logprobs, atol=1e-4, rtol=0)
+    agreed = assert_same_until_near_ties(
+        model, plain, compact, compact_cfg, seed=5 if do_sample else None, **(HYBRID if hybrid else PLAIN)
+    )
+    assert agreed.compared >= n
+    assert_teacher_forced_parity(model, compact, compact_cfg)
 
 
 @pytest.mark.parametrize("compact", [False, True])
-def test_checking_for_finished_sequences_less_often_changes_nothing(make_model, tok, compact):
-    model = HybridModel(eos_biased(make_model("llama"), tok.eos_token_id, 0.25), seed=0, r_min=0.5, r_max=0.6)
+def test_checking_for_finished_sequences_less_often_changes_nothing(make_model, tok, compact, threads):
+    """Without compaction the decoding batch has the same shape at every step whatever
+    ``sync_every`` is, so the rollouts are identical by construction; with compaction the batch
+    shrinks at other steps, so they agree up to near ties."""
+    model = HybridModel(
+        eos_biased(make_model("llama"), tok.eos_token_id, 0.25), seed=0, r_min=0.9, r_max=0.95
+    )
     kw = dict(max_completion_length=40, temperature=1.0, num_generations=4, compact_finished=compact)
     every = engine(model, tok, **kw).generate(PROMPTS, seed=3)
-    rarely = engine(model, tok, sync_every=8, **kw).generate(PROMPTS, seed=3)
+    cfg = RolloutConfig(sync_every=8, **kw)
+    rarely = RolloutEngine(model, tok, cfg).generate(PROMPTS, seed=3)
     assert every.completion_lengths.unique().numel() > 2
-    for name in ("completion_ids", "completion_mask", "thinking_mask"):
-        assert torch.equal(getattr(every, name), getattr(rarely, name)), name
-    recomputed = engine(model, tok, **kw).teacher_forced_logprobs(rarely)
-    torch.testing.assert_close(recomputed, rarely.logprobs, atol=1e-4, rtol=0)
+    if not compact:
+        for name in ("completion_ids", "completion_mask", "thinking_mask", "logprobs", "latents"):
+            assert torch.equal(getattr(every, name), getattr(rarely, name)), name
+    else:
+        assert assert_same_until_near_ties(model, every, rarely, cfg, seed=3, **HYBRID).compared >= len(every)
+    assert_teacher_forced_parity(model, rarely, cfg)
     with pytest.raises(ValueError, match="sync_every"):
         RolloutConfig(sync_every=0)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text"])
-def test_static_cache_gives_the_same_rollouts(make_model, tok, arch):
-    model = HybridModel(eos_biased(make_model(arch), tok.eos_token_id, 0.1), seed=0)
+def test_static_cache_gives_the_same_rollouts(make_model, tok, arch, threads):
+    """The static cache attends over the whole pre-allocated length (other kernels, other
+    rounding): the same rollouts as the dynamic cache up to near ties."""
+    model = HybridModel(eos_biased(make_model(arch), tok.eos_token_id, 0.1), seed=0, r_min=0.9, r_max=0.95)
     kw = dict(max_completion_length=24, temperature=1.0, num_generations=2)
     dynamic = engine(model, tok, compact_finished=False, **kw).generate(PROMPTS, seed=4)
-    static = engine(model, tok, cache="static", **kw).generate(PROMPTS, seed=4)
-    assert torch.equal(dynamic.completion_ids, static.completion_ids)
-    assert torch.equal(dynamic.thinking_mask, static.thinking_mask)
-    torch.testing.assert_close(static.logprobs, dynamic.logprobs, atol=1e-4, rtol=0)
-    recomputed = engine(model, tok, **kw).teacher_forced_logprobs(static)
-    torch.testing.assert_close(recomputed, static.logprobs, atol=1e-4, rtol=0)
+    cfg = RolloutConfig(cache="static", **kw)
+    static = RolloutEngine(model, tok, cfg).generate(PROMPTS, seed=4)
+    assert assert_same_until_near_ties(model, dynamic, static, cfg, seed=4, **HYBRID).compared >= len(static)
+    assert_teacher_forced_parity(model, static, cfg)
     with pytest.raises(ValueError, match="cache"):
         RolloutConfig(cache="paged")
 
@@ -299,12 +326,16 @@ def test_compiled_backend_gives_the_same_rollouts(make_model, tok, hybrid):
         hrpo.rollout._select_static_rows = original
     assert kept[:1] == [6]  # the batch was halved, and the smaller shape compiled too
     assert not eng._compile_failed
-    assert torch.equal(eager.completion_ids, compiled.completion_ids)
+    # Fused kernels round differently from eager ones: the same rollouts up to near ties.
+    agreed = assert_same_until_near_ties(
+        model, eager, compiled, eng.config, seed=5, **(HYBRID if hybrid else PLAIN)
+    )
+    assert agreed.compared >= len(eager)
+    # The same compiled code on the same shapes again: identical by construction.
     assert torch.equal(compiled.completion_ids, again.completion_ids)
+    assert torch.equal(compiled.logprobs, again.logprobs)
     assert torch.equal(eager.prompt_ids, compiled.prompt_ids)  # bucketing padding is not returned
-    torch.testing.assert_close(compiled.logprobs, eager.logprobs, atol=1e-4, rtol=0)
-    recomputed = engine(model, tok, **kw).teacher_forced_logprobs(compiled)
-    torch.testing.assert_close(recomputed, compiled.logprobs, atol=1e-4, rtol=0)
+    assert_teacher_forced_parity(model, compiled, eng.config)
     with pytest.raises(ValueError, match="backend"):
         RolloutConfig(backend="vllm")
 
@@ -321,5 +352,7 @@ def test_compiled_backend_falls_back_to_eager_when_compilation_fails(make_model,
     with torch._inductor.config.patch(broken), pytest.warns(RuntimeWarning, match="decoding eagerly"):
         ro = eng.generate(PROMPTS)
     assert eng._compile_failed
-    ref = engine(model, tok, max_completion_length=8, do_sample=False).generate(PROMPTS)
-    assert torch.equal(ro.completion_ids, ref.completion_ids)
+    cfg = RolloutConfig(max_completion_length=8, do_sample=False)
+    ref = RolloutEngine(model, tok, cfg).generate(PROMPTS)
+    # Eager decoding over the static cache against the dynamic cache: equal up to near ties.
+    assert assert_same_until_near_ties(model, ref, ro, cfg, **HYBRID).compared >= len(ref)

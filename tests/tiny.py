@@ -107,18 +107,26 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0, **overrides) -> torch.
 
 
 def greedy_generate_reference(
-    model, prompt_ids, prompt_mask, max_new_tokens: int, tokenizer
-) -> list[list[int]]:
-    """``model.generate`` greedy completions, each cut after its first EOS (generate pads after it)."""
+    model, prompt_ids, prompt_mask, max_new_tokens: int, tokenizer, temperature: float = 0.5
+):
+    """``model.generate``'s greedy completions as ``invariance.Tokens``: ids and a mask cut after
+    each row's first EOS (generate pads after it), and log-probs of the chosen tokens under
+    ``softmax(logits / temperature)`` as a rollout records them."""
+    from invariance import Tokens
+
     out = model.generate(
         prompt_ids,
         attention_mask=prompt_mask,
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
+        output_logits=True,
+        return_dict_in_generate=True,
     )
-    completions = []
-    for row in out[:, prompt_ids.shape[1] :].tolist():
-        cut = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
-        completions.append(row[:cut])
-    return completions
+    ids = out.sequences[:, prompt_ids.shape[1] :]
+    logits = torch.stack(out.logits, dim=1).float() / temperature
+    logprobs = logits.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+    mask = torch.zeros_like(ids)
+    for r, row in enumerate(ids.tolist()):
+        mask[r, : row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)] = 1
+    return Tokens(ids, mask, logprobs * mask, torch.zeros_like(ids, dtype=torch.bool))
