@@ -61,21 +61,22 @@ class HRPOConfig:
     """The thinking phase ends once this string has appeared in the completion."""
     generation_batch_size: int | None = None
     """Prompts per rollout call (each with its G completions); None: all of a process's prompts of a step.
-    Rollouts are seeded per call from (seed, step, global call index), so results do not depend on
-    how many processes share the work as long as this is the same."""
+    Rollouts are seeded per call from (seed, step, global call index), so as long as this is the
+    same, the number of processes sharing the work does not change the rollouts (bit for bit
+    with the same threads per process; otherwise up to near ties, see the README)."""
     rollout_backend: Literal["eager", "compiled"] = "eager"
     """Rollout decoding: "eager" (op by op) or "compiled" (torch.compile'd decoder step over a
-    static KV cache with CUDA graphs on GPUs, and a fused sampling/latent/gate step; same rollouts,
-    falls back to eager if compilation fails).
+    static KV cache with CUDA graphs on GPUs, and a fused sampling/latent/gate step; the same
+    rollouts as eager up to near ties; falls back to eager if compilation fails).
     The first rollout of each batch shape pays the compilation (tens of seconds)."""
     cache_implementation: str = "dynamic"
     """Rollout KV cache: "dynamic" (grows; finished sequences are compacted out of the batch) or
     "static" (pre-allocated prompt + max_completion_length positions, written in place). The
     compiled backend always uses "static"."""
     compact_finished: bool = True
-    """Drop finished sequences from the decoding batch (same rollouts, less compute): with the
-    dynamic cache once a quarter of it has finished, with the static cache by halving the batch
-    once at most half of it is running."""
+    """Drop finished sequences from the decoding batch (less compute; the same rollouts up to near
+    ties): with the dynamic cache once a quarter of it has finished, with the static cache by
+    halving the batch once at most half of it is running."""
     sync_every: int = 1
     """Decoding steps between host checks for finished sequences; ~8 keeps a GPU's queue full."""
     r_min: float = 0.99

@@ -70,8 +70,10 @@ class RolloutConfig:
     """Drop finished sequences from the decoding batch (and their KV-cache rows) so they stop
     costing compute: with the dynamic cache once a quarter of it has finished; with the static
     cache by halving the batch once at most half of it is running (a few fixed shapes, each
-    compiled once by the compiled backend). Results are unchanged: sampling noise is drawn for
-    the full batch either way."""
+    compiled once by the compiled backend). Sampling noise is drawn for the full batch either
+    way, but a smaller batch rounds differently (~1e-7 relative): the rollouts are the same up
+    to near ties (see "What the decoding options guarantee" in the README), and each rollout's
+    log-probs equal its own teacher-forced recomputation."""
     cache: str = "dynamic"
     """KV cache: ``"dynamic"`` grows by concatenation and allows ``compact_finished``;
     ``"static"`` pre-allocates prompt + ``max_completion_length`` positions and writes in place
@@ -79,13 +81,17 @@ class RolloutConfig:
     sync_every: int = 1
     """Steps between the host's checks of how many sequences have finished (the only
     device-to-host synchronisation of a step). On GPUs a value like 8 keeps the launch queue
-    full; finished sequences just emit padding until the next check. Results are unchanged."""
+    full; finished sequences just emit padding until the next check. Without compaction the
+    rollouts are bit-identical to ``sync_every=1``'s (every step has the same shapes); with it,
+    the batch shrinks at other steps, so they are the same up to near ties."""
     backend: str = "eager"
     """``"eager"``: the model runs op by op (any cache). ``"compiled"``: the decoder and head are
     ``torch.compile``d once per batch shape over a static cache and a pre-allocated attention
     mask, so every step has the same shapes (CUDA graphs on GPUs), and the token step (sampling,
     log-prob, latent, gate) is compiled into fused kernels. Implies ``cache="static"``; if
-    compilation fails, a warning is given and decoding continues eagerly."""
+    compilation fails, a warning is given and decoding continues eagerly. Fused kernels round
+    differently from eager ones: the same rollouts as eager up to near ties; the same compiled
+    shapes called again give bit-identical rollouts."""
 
     def __post_init__(self) -> None:
         if self.num_generations < 1:
