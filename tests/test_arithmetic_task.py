@@ -7,7 +7,8 @@ import os
 import pickle
 import subprocess
 import sys
-import time
+from fractions import Fraction
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -20,9 +21,11 @@ from hrpo.tasks import (
     completion_text,
     get_task,
     list_tasks,
-    parse_integer,
+    numbers_match,
+    parse_number,
     register_task,
 )
+from hrpo.tasks import numbers as numbers_module
 from hrpo.tasks.arithmetic import apply_op, recompute_answer
 
 TASK = ArithmeticTask(difficulty=2, num_train=300, num_test=50)
@@ -196,6 +199,16 @@ CASES = [
     ("", "42", None, 0.0, 0.0),
     ("# ### 42", "42", None, 0.0, 0.0),
     ("#####42", "42", "42", 1.0, 1.0),
+    ("#### 42\nThe answer is 42.", "42", "42\nThe answer is 42", 1.0, 1.0),
+    ("#### 42 or 43", "42", "42 or 43", 0.0, 0.0),
+    ("#### 41 or 42", "42", "41 or 42", 0.0, 0.0),
+    ("#### 40 + 2 = 42", "42", "40 + 2 = 42", 0.0, 0.0),
+    ("#### 42 (6 times 7)", "42", "42 (6 times 7)", 0.0, 0.0),
+    ("#### 4,2", "42", "4,2", 0.0, 0.0),
+    ("#### 4.2e1", "42", "4.2e1", 1.0, 1.0),
+    ("#### 42e999999", "42", "42e999999", 0.0, 0.0),
+    ("#### - 42", "-42", "- 42", 0.0, 0.0),
+    ("#### \u221242", "-42", "\u221242", 1.0, 1.0),
 ]
 
 
@@ -212,25 +225,180 @@ def test_custom_marker_is_used_for_grading():
     assert task.score("so #### 42", "42") == 0.0
 
 
+# text, its value under hrpo.tasks.numbers' rules (None: no value, scores 0 against anything)
+NUMBER_FORMS = [
+    # integers, signs
+    ("42", 42),
+    ("0", 0),
+    ("007", 7),
+    ("-3", -3),
+    ("+3", 3),
+    ("\u22123", -3),  # unicode minus sign
+    ("-0", 0),
+    # decimals: exact values, "." is always the decimal point
+    ("42.0", 42),
+    ("42.000", 42),
+    ("0.5", Fraction(1, 2)),
+    (".5", Fraction(1, 2)),
+    ("-.5", Fraction(-1, 2)),
+    ("3.5", Fraction(7, 2)),
+    ("1.000", 1),
+    # thousands separators: groups of three, first group not starting with 0
+    ("1,234", 1234),
+    ("1,234,567", 1234567),
+    ("-1,234.5", Fraction(-2469, 2)),
+    ("1,234, which is", 1234),
+    ("1,2", None),
+    ("12,34", None),
+    ("1,2345", None),
+    ("1,00,000", None),
+    ("0,5", None),
+    ("0,500", None),
+    ("1_000", None),
+    # currency, percent, units, punctuation
+    ("$42", 42),
+    ("$1,250.50", Fraction(2501, 2)),
+    ("-$5", -5),
+    ("$-5", -5),
+    ("\u20ac5", 5),
+    ("-\u20ac5", -5),
+    ("50%", 50),
+    ("50 %", 50),
+    ("5 apples", 5),
+    ("5 dollars.", 5),
+    ("5th", 5),
+    ("42.", 42),
+    ("42!", 42),
+    ("**42**", 42),
+    ("\\boxed{42}", 42),
+    ("The answer is 42.", 42),
+    # scientific notation, with bounded exponents
+    ("2e3", 2000),
+    ("2E3", 2000),
+    ("1.5e3", 1500),
+    ("1e-3", Fraction(1, 1000)),
+    ("1e\u22123", Fraction(1, 1000)),
+    ("1,000e3", 10**6),
+    ("1e1000", 10**1000),
+    ("1e1001", None),
+    ("1e999999", None),
+    ("1e-999999", None),
+    ("1e" + "9" * 5000, None),
+    ("5.e3", None),
+    ("5eggs", 5),
+    # simple fractions
+    ("3/4", Fraction(3, 4)),
+    ("-3/4", Fraction(-3, 4)),
+    ("6/2", 3),
+    ("1,000/4", 250),
+    ("1/0", None),
+    ("3/4/2020", None),
+    ("1.5/3", None),
+    ("3/4e2", None),
+    ("5/", None),
+    # one value: repeats agree, anything else is a hedge or an expression
+    ("17\nThe answer is: 17", 17),
+    ("17 (seventeen)", 17),
+    ("0.5 (that is, 1/2)", Fraction(1, 2)),
+    ("3 or 4", None),
+    ("4 or 3", None),
+    ("x = 7 or 8", None),
+    ("2 + 3 = 5", None),
+    ("5 (since 2+3=5)", None),
+    ("1 1/2", None),
+    ("10:30", None),
+    ("2-3", None),
+    ("3, 4", None),
+    ("Step 2: 42", None),
+    # malformed or qualified numbers make the whole answer valueless
+    ("1.2.3", None),
+    ("...5", None),
+    ("- 3", None),
+    ("--3", None),
+    ("+-3", None),
+    ("\u20133", None),  # en dash
+    ("\uff0d3", None),  # fullwidth hyphen-minus
+    (">5", None),
+    ("< 5", None),
+    ("\u22645", None),  # <=
+    ("\u00b15", None),  # +-
+    ("\u22485", None),  # approximately
+    ("~5", None),
+    ("~~4~~ 5", None),
+    ("\u0663", None),  # Arabic-Indic 3
+    ("\uff14\uff12", None),  # fullwidth 42
+    ("\u0663 or 4", None),
+    ("0x1F", None),
+    ("5\u00b2", None),  # superscript 2: 25?
+    ("5\u00bd", None),  # vulgar fraction one half
+    ("5\u4e07", None),  # CJK ten thousand
+    ("\u216b", None),  # Roman numeral twelve
+    ("3 or \u56db", None),  # CJK four
+    # scales would multiply the number: not read, so no value
+    ("5k", None),
+    ("5 K", None),
+    ("1.2M", None),
+    ("$3 million", None),
+    ("3 Million dollars", None),
+    ("2 dozen", None),
+    ("5 thousands", None),
+    ("5 kg", 5),
+    ("5 km", 5),
+    ("5 min", 5),
+    ("5 mph", 5),
+    ("5 bags", 5),
+    # no number
+    ("", None),
+    ("forty-two", None),
+    ("x" * 100, None),
+    # bounds
+    ("9" * numbers_module.MAX_NUMBER_CHARS, 10**numbers_module.MAX_NUMBER_CHARS - 1),
+    ("9" * (numbers_module.MAX_NUMBER_CHARS + 1), None),
+    ("1 " * numbers_module.MAX_NUMBERS, 1),
+    ("1 " * (numbers_module.MAX_NUMBERS + 1), None),
+]
+
+
+@pytest.mark.parametrize(("text", "value"), NUMBER_FORMS, ids=lambda x: repr(x)[:40])
+def test_parse_number(text, value):
+    parsed = parse_number(text)
+    assert parsed == value
+    assert parsed is None or isinstance(parsed, Fraction)
+    # A valueless answer matches nothing, not even itself.
+    assert numbers_match(text, text) is (value is not None)
+
+
 @pytest.mark.parametrize(
-    ("text", "value"),
+    ("predicted", "reference", "match"),
     [
-        ("42", 42),
-        ("1,234", 1234),
-        ("1,234, which is", 1234),
-        ("42.0", 42),
-        ("42.000", 42),
-        ("3.5", None),
-        (".5", None),
-        ("12,34", 12),
-        ("x = 7 or 8", 7),
-        ("-3", -3),
-        ("none", None),
-        ("9" * 5000, None),
+        ("1e999999", "1", False),
+        ("1e999999", "1e999999", False),
+        ("2e3", "2", False),
+        ("2e3", "2000", True),
+        ("3/4", "0.75", True),
+        ("0.33", "1/3", False),
+        ("42.0", "42", True),
+        ("50%", "50", True),
+        ("50%", "0.5", False),
+        ("$1,250.50", "1250.5", True),
+        ("1,2", "12", False),
+        ("1,2", "1", False),
+        ("3 or 4", "3", False),
+        ("3 or 4", "4", False),
+        ("42", "3 or 4", False),
+        ("42", "", False),
+        ("", "", False),
     ],
 )
-def test_parse_integer(text, value):
-    assert parse_integer(text) == value
+def test_numbers_match(predicted, reference, match):
+    assert numbers_match(predicted, reference) is match
+
+
+def test_non_strings_have_no_value():
+    assert parse_number(None) is None  # type: ignore[arg-type]
+    assert parse_number(42) is None  # type: ignore[arg-type]
+    assert numbers_match(42, "42") is False  # type: ignore[arg-type]
+    assert TASK.is_correct(None, "42") is False  # type: ignore[arg-type]
 
 
 GARBAGE = [
@@ -248,6 +416,11 @@ def test_binary_garbage_scores_zero(garbage):
     assert TASK.score(garbage.replace("#", "") + " #### 42", "42", strict_format=True) == 1.0
 
 
+def count_token_parses():
+    """A spy on the per-number parser: its call count is the parser's work beyond the linear scan."""
+    return mock.patch.object(numbers_module, "_token_value", wraps=numbers_module._token_value)
+
+
 @pytest.mark.parametrize(
     ("completion", "expected"),
     [
@@ -255,16 +428,34 @@ def test_binary_garbage_scores_zero(garbage):
         ("x" * 1_000_000 + " #### 42", 1.0),
         ("#### " + "9" * 1_000_000, 0.0),
         ("#### 42" + "$*. " * 250_000, 1.0),
+        ("#### 42 " + "x" * 1_000_000, 1.0),
         ("#### " + "1," * 500_000, 0.0),
         ("#### " + ".5" * 500_000, 0.0),
+        ("#### " + "." * 1_000_000 + "42", 0.0),
         ("#### " + "**" * 500_000 + "42", 1.0),
+        ("#### " + "42 " * 500_000, 0.0),  # one value, but far more numbers than an answer has
+        ("#### " + "-" * 1_000_000 + "42", 0.0),
+        ("#### " + "~ " * 500_000 + "42", 0.0),
+        ("#### " + "- " * 500_000 + "x", 0.0),
+        ("#### -" + " " * 1_000_000 + "42", 0.0),
+        ("#### " + "5k " * 330_000, 0.0),
+        ("#### 42e" + "9" * 1_000_000, 0.0),
+        ("#### 42e" + "0" * 1_000_000, 1.0),
+        ("#### 42" + "\u0663" * 1_000_000, 0.0),
     ],
+    ids=lambda x: repr(x)[:30],
 )
-def test_one_megabyte_completion_is_fast(completion, expected):
-    start = time.perf_counter()
-    assert TASK.score(completion, "42") == expected
-    assert TASK.score(completion, "42", strict_format=True) == expected
-    assert time.perf_counter() - start < 2.0
+def test_one_megabyte_completion_takes_bounded_work(completion, expected):
+    """One linear scan, and at most MAX_NUMBERS numbers of at most MAX_NUMBER_CHARS parsed each.
+
+    The scan's linearity holds by construction of the pattern (see hrpo.tasks.numbers): at 1 MB a
+    super-linear one (~10**12 steps) would not finish. What is counted here is the rest.
+    """
+    with count_token_parses() as spy:
+        assert TASK.score(completion, "42") == expected
+        assert TASK.score(completion, "42", strict_format=True) == expected
+    # Two scores, each parsing the answer and the reference.
+    assert spy.call_count <= 2 * (numbers_module.MAX_NUMBERS + 1)
 
 
 @settings(max_examples=300, deadline=None)
@@ -274,14 +465,77 @@ def test_score_never_raises_on_any_text(text, strict):
     assert TASK.score(text, text, strict_format=strict) in (0.0, 1.0)
 
 
+# Characters that matter to the number parser, to reach its corners more often than st.text() does.
+NUMBER_ALPHABET = "#0123456789,.-+$*/eE% \n42xkM\u2212\u2013~<\u0663\u00b2"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=2000), st.text(alphabet=NUMBER_ALPHABET, max_size=2000)))
+def test_parse_number_never_raises_and_its_work_is_bounded(text):
+    """Any text: a Fraction or None, with at most MAX_NUMBERS numbers parsed (input size bounded)."""
+    with count_token_parses() as spy:
+        value = parse_number(text)
+    assert value is None or isinstance(value, Fraction)
+    assert spy.call_count <= numbers_module.MAX_NUMBERS
+    if value is not None:
+        # Values are bounded too: no huge integers from huge exponents.
+        limit = 10 ** (numbers_module.MAX_NUMBER_CHARS + numbers_module.MAX_EXPONENT)
+        assert abs(value.numerator) <= limit and value.denominator <= limit
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet="#0123456789,.-$* \n42x", max_size=60), st.booleans())
+@given(st.text(alphabet=NUMBER_ALPHABET, max_size=60), st.booleans())
 def test_score_on_answer_like_text_agrees_with_the_rule(text, strict):
     score = TASK.score(text, "42", strict_format=strict)
     assert score in (0.0, 1.0)
     if score == 1.0:
-        assert parse_integer(TASK.extract_answer(text)) == 42
+        assert parse_number(TASK.extract_answer(text)) == 42
         assert not strict or text.count("####") == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-(10**15), 10**15), st.integers(0, 6))
+def test_written_forms_of_a_value_parse_to_it(mantissa, places):
+    """Decimal, grouped, signed, dressed and scientific spellings of one value all parse to it."""
+    value = Fraction(mantissa, 10**places)
+    sign = "-" if mantissa < 0 else ""
+    digits = str(abs(mantissa)).rjust(places + 1, "0")
+    whole, frac = digits[: len(digits) - places], digits[len(digits) - places :]
+    point = f".{frac}" if places else ""
+    forms = [
+        f"{sign}{whole}{point}",
+        f"{sign}{int(whole):,}{point}",
+        f"{sign}${int(whole):,}{point}",
+        f"\u2212{whole}{point}" if sign else f"+{whole}{point}",
+        f"{sign}{whole}{point or '.'}0",  # a trailing zero
+        f"**{sign}{whole}{point}**.",
+        f"{sign}{whole}{point} apples",
+        f"{sign}{abs(mantissa)}e-{places}",
+        f"{sign}{abs(mantissa)}/{10**places}",
+        f"{sign}{whole}{point}\nSo the answer is {sign}{whole}{point}.",
+    ]
+    for form in forms:
+        assert parse_number(form) == value, form
+        assert numbers_match(form, str(value) if places == 0 else f"{sign}{whole}{point}"), form
+
+
+HEDGE_SEPARATORS = [" or ", ", ", " / ", " - ", "-", " + ", " = ", "\n", " (", " to ", " and ", "; ", ":"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(-1000, 1000),
+    st.integers(-1000, 1000),
+    st.sampled_from(HEDGE_SEPARATORS),
+    st.sampled_from(["", "$", "**"]),
+)
+def test_two_different_values_never_score(a, b, separator, dressing):
+    """A hedge or an expression scores 0 against either value, whatever the order and dressing."""
+    if a == b:
+        return
+    text = f"#### {dressing}{a}{separator}{b}{dressing}"
+    for reference in (a, b):
+        assert TASK.score(text, str(reference)) == 0.0, text
 
 
 # --- reward function ------------------------------------------------------------------------------

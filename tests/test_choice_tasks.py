@@ -301,6 +301,8 @@ def test_score_odd_inputs(mmlu):
 
 
 def test_large_and_garbage_inputs_are_fast(mmlu, arc):
+    """Megabyte inputs: linear grading takes well under a second; a super-linear scan (~10**12 steps
+    at this size) would not finish. The limit is no speed test, only far above any machine's load."""
     big = "#### " + "A a I " * 170_000 + "B"
     garbage = bytes(range(256)).decode("latin-1") * 4000
     start = time.perf_counter()
@@ -309,7 +311,7 @@ def test_large_and_garbage_inputs_are_fast(mmlu, arc):
     assert mmlu.score("#### " + "(" * 1_000_000, "A") == 0.0
     assert mmlu.score(garbage + "#### " + garbage, "A") in (0.0, 1.0)
     assert mmlu.score("#### " + "A force " * 125_000, "A", options=["x"] * 4) == 1.0
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 60.0
 
 
 def test_mmlu_and_arc_training_mix_in_one_split(tmp_path):

@@ -2,18 +2,24 @@
 
 A reward function is ``f(prompts, completions, **columns) -> list[float]``: ``prompts`` and
 ``completions`` have one entry per completion, and every other dataset column is passed by
-name, repeated to line up with the completions (TRL's convention).
+name, repeated to line up with the completions (TRL's convention). The total reward is
+``sum_f weight_f * f(...)``; every reward and every total must be a finite real number, since one
+NaN or inf turns its whole group's advantages into NaN.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 RewardFunc = Callable[..., list[float]]
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 class RewardFunctionError(RuntimeError):
@@ -27,6 +33,23 @@ def reward_name(fn: RewardFunc) -> str:
 def _short(x: Any, n: int = 200) -> str:
     text = repr(x)
     return text if len(text) <= n else text[:n] + "…"
+
+
+def _as_reward(v: Any) -> float | None:
+    """``v`` as a float32-representable reward, or None when it is not a finite real number.
+
+    Python and numpy bools and reals (``numpy.float32`` is no ``float`` subclass) are accepted.
+    ±inf is refused like NaN: it would pass here and turn the group's advantages into NaN later,
+    far from its cause; so is a finite value beyond float32's range, which the reward tensor would
+    turn into inf.
+    """
+    if not isinstance(v, (bool, numbers.Real, np.bool_)):
+        return None
+    try:
+        x = float(v)
+    except (OverflowError, TypeError, ValueError):  # e.g. an int beyond float's range
+        return None
+    return x if math.isfinite(x) and abs(x) <= _FLOAT32_MAX else None
 
 
 def _call_one(fn: RewardFunc, prompts, completions, columns, i: int) -> None:
@@ -43,8 +66,10 @@ def compute_rewards(
     """Weighted total reward ``(N,)`` and each function's rewards, by name.
 
     A function that raises is re-run item by item to find the first input that fails, and that
-    input is reported in the error; a function that returns the wrong number of values, a
-    non-number or a NaN is reported likewise. Nothing is silently zeroed.
+    input is reported in the error; a function that returns the wrong number of values, or a value
+    that is not a finite real number (NaN, ±inf, beyond float32's range, a string, None) for some
+    completion is reported likewise, naming the function, the completion's index and its text; so is
+    a non-finite weighted total. Nothing is silently zeroed.
     """
     weights = list(weights) if weights is not None else [1.0] * len(reward_funcs)
     if len(weights) != len(reward_funcs):
@@ -62,7 +87,8 @@ def compute_rewards(
                     _call_one(fn, prompts, completions, columns, i)
                 except Exception as item_exc:
                     raise RewardFunctionError(
-                        f"reward function {name!r} raised {type(item_exc).__name__}: {item_exc} on completion {i} "
+                        f"reward function {name!r} raised {type(item_exc).__name__}: {item_exc} "
+                        f"on completion {i} "
                         f"(prompt={_short(prompts[i])}, completion={_short(completions[i])}, "
                         f"columns={_short({k: v[i] for k, v in columns.items()})})"
                     ) from item_exc
@@ -75,13 +101,21 @@ def compute_rewards(
             raise RewardFunctionError(f"reward function {name!r} returned {got} for {n} completions")
         out = []
         for i, v in enumerate(values):
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) or isinstance(v, bool)
-            if not ok or math.isnan(float(v)):
+            reward = _as_reward(v)
+            if reward is None:
                 raise RewardFunctionError(
-                    f"reward function {name!r} returned {v!r} for completion {i} "
+                    f"reward function {name!r} returned {_short(v)} for completion {i} "
                     f"(completion={_short(completions[i])}); rewards must be finite numbers"
                 )
-            out.append(float(v))
+            out.append(reward)
         per_func[name] = torch.tensor(out, dtype=torch.float32)
         total += w * per_func[name]
+    bad = (~torch.isfinite(total)).nonzero().flatten().tolist()
+    if bad:
+        i = bad[0]
+        parts = ", ".join(f"{n}={r[i].item()!r}" for n, r in per_func.items())
+        raise RewardFunctionError(
+            f"the weighted total reward of completion {i} is {total[i].item()} (rewards {parts}, "
+            f"weights {weights}; completion={_short(completions[i])}); rewards must be finite numbers"
+        )
     return total, per_func

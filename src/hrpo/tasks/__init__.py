@@ -7,10 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 from hrpo.tasks.arithmetic import ArithmeticTask
-from hrpo.tasks.base import DEFAULT_MARKER, Task, TaskReward, clean_answer, completion_text, parse_integer
+from hrpo.tasks.base import DEFAULT_MARKER, Task, TaskReward, clean_answer, completion_text
 from hrpo.tasks.choice import ARCChallengeTask, MMLUStemTask
 from hrpo.tasks.gsm8k import GSM8KTask
 from hrpo.tasks.math import MathTask
+from hrpo.tasks.numbers import numbers_match, parse_number
 from hrpo.tasks.qa import QATask
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
@@ -95,6 +96,7 @@ __all__ = [
     "completion_text",
     "get_task",
     "list_tasks",
-    "parse_integer",
+    "numbers_match",
+    "parse_number",
     "register_task",
 ]

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hrpo.tasks.base import DEFAULT_MARKER, Row, Task, parse_integer
+from hrpo.tasks.base import DEFAULT_MARKER, Row, Task
+from hrpo.tasks.numbers import numbers_match
 
 # difficulty -> (start range, add/subtract operand range, factor/divisor range, largest value).
 _LEVELS: dict[int, tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]] = {
@@ -472,9 +473,8 @@ class ArithmeticTask(Task):
         }
 
     def is_correct(self, predicted: str, reference: str) -> bool:
-        """Integer comparison of the first number in each ("1,234" and "42.0" accepted)."""
-        want = parse_integer(reference)
-        return want is not None and parse_integer(predicted) == want
+        """Whether the answer states one value, equal to the reference's (:mod:`hrpo.tasks.numbers`)."""
+        return numbers_match(predicted, reference)
 
 
 def recompute_answer(row: dict[str, Any]) -> int:

@@ -9,7 +9,6 @@ run in linear time and never to execute or ``eval()`` anything.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,12 +20,6 @@ Messages = list[dict[str, Any]]
 # Markdown/LaTeX dressing a model puts around a final answer; a trailing period ends the sentence.
 _LEAD_STRIP = " \t\r\n\f\v*$"
 _TRAIL_STRIP = " \t\r\n\f\v*$."
-
-# First integer-looking number: "1,234" (grouped by thousands) or plain digits, with an optional
-# fraction that must be all zeros. The look-behind keeps ".5" and "1.5" from yielding 5.
-_NUMBER_RE = re.compile(r"(?<![\d.])(-?)(\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+)(?:\.(\d+))?")
-# Beyond this many digits no reference can match, and int() itself refuses past ~4300 digits.
-_MAX_DIGITS = 1000
 
 
 def format_instruction(marker: str = DEFAULT_MARKER, answer_format: str = "") -> str:
@@ -43,26 +36,6 @@ def clean_answer(text: str) -> str:
     """Strip whitespace, ``$``, ``**`` and a trailing period from around an answer."""
     # One pass each way: str.strip with a character set is linear however the dressing is nested.
     return text.lstrip(_LEAD_STRIP).rstrip(_TRAIL_STRIP)
-
-
-def parse_integer(text: str) -> int | None:
-    """The first integer-looking number in ``text`` ("1,234" and "42.0" accepted), else None.
-
-    A first number with a non-zero fraction ("3.5") gives None rather than a later number, so a
-    hedged answer is not rescued by whatever integer follows it.
-    """
-    if not isinstance(text, str):
-        return None
-    m = _NUMBER_RE.search(text)
-    if m is None:
-        return None
-    sign, digits, fraction = m.groups()
-    if fraction is not None and fraction.strip("0"):
-        return None
-    digits = digits.replace(",", "")
-    if len(digits) > _MAX_DIGITS:
-        return None
-    return -int(digits) if sign else int(digits)
 
 
 def completion_text(completion: Any) -> str | None:

@@ -1,14 +1,16 @@
-"""GSM8K (grade-school math word problems, integer answers).
+"""GSM8K (grade-school math word problems with numeric answers).
 
 Loads local JSON/JSONL/Parquet files with ``question`` and ``answer`` columns (GSM8K's own format, where
 the answer is the worked solution ending in ``#### N``), or the hub dataset ``openai/gsm8k``
-through the optional ``datasets`` package when no files are given.
+through the optional ``datasets`` package when no files are given. Answers are graded as exact
+values by :mod:`hrpo.tasks.numbers` (the answer must state one value, equal to the reference's).
 """
 
 from __future__ import annotations
 
-from hrpo.tasks.base import FileTask, Row, parse_integer
+from hrpo.tasks.base import FileTask, Row
 from hrpo.tasks.data import field, load_split
+from hrpo.tasks.numbers import numbers_match, parse_number
 
 HUB_ID = "openai/gsm8k"
 
@@ -35,11 +37,16 @@ class GSM8KTask(FileTask):
             question = str(field(rec, "question", where, i, self.columns))
             solution = str(field(rec, "answer", where, i, self.columns))
             ref = reference_answer(solution)
-            if parse_integer(ref) is None:
-                raise ValueError(f"{where}: record {i}: answer {ref!r} after '####' is not a number")
+            # Checked before the commas go, so that "1,2" is refused rather than read as 12.
+            raw = solution.rsplit("####", 1)[-1].strip()
+            if parse_number(raw) is None:
+                raise ValueError(
+                    f"{where}: record {i}: the final answer (after the last '####') {raw[-80:]!r} is not "
+                    "one number (see hrpo.tasks.numbers for the forms read)"
+                )
             rows.append(self.solution_row(split, i, question, solution, ref))
         return rows
 
     def is_correct(self, predicted: str, reference: str) -> bool:
-        want = parse_integer(reference)
-        return want is not None and parse_integer(predicted) == want
+        """Whether the answer states one value, equal to the reference's (:mod:`hrpo.tasks.numbers`)."""
+        return numbers_match(predicted, reference)
