@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +23,64 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric setting: finite numbers in an interval, plus special values.
+
+    ``Range(0, 1, high_open=True)`` is [0, 1); ``Range(1, special=(-1,))`` is -1 or >= 1;
+    ``Range(0, low_open=True, special=(None,))`` is > 0 or null. NaN and ±inf are never allowed.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    special: tuple[Any, ...] = ()
+    why: str = ""
+    """Appended to the error message."""
+
+    def __contains__(self, value: Any) -> bool:
+        if value in self.special:
+            return True
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            return str(x) if isinstance(x, int) else f"{x:g}"
+
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"in {left}{num(self.low)}, {num(self.high)}{right}"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {num(self.low)}"
+        elif self.high is not None:
+            text = f"{'<' if self.high_open else '<='} {num(self.high)}"
+        else:
+            text = "a finite number"
+        numbers = [num(s) for s in self.special if s is not None]
+        text = " or ".join([*numbers, text])
+        return text + " or null" if None in self.special else text
+
+    def problem(self, value: Any) -> str | None:
+        """None if ``value`` is allowed, else what is wrong: ``"must be > 0 (got -1)"``."""
+        if value in self:
+            return None
+        non_finite = isinstance(value, float) and not math.isfinite(value)
+        prefix = "a finite number " if non_finite and (self.low, self.high) != (None, None) else ""
+        why = f"; {self.why}" if self.why else ""
+        return f"must be {prefix}{self} (got {value!r}){why}"
+
+    def check(self, what: str, value: Any) -> None:
+        """Raise a :class:`ConfigError` starting with ``what`` unless ``value`` is allowed."""
+        problem = self.problem(value)
+        if problem is not None:
+            raise ConfigError(f"{what}: {problem}")
 
 
 @dataclass
@@ -52,7 +112,8 @@ class HRPOConfig:
     temperature: float = 0.5
     """τ: rollout sampling temperature; also the temperature of p in the latent h = Eᵀp/‖p‖₂."""
     top_k: int | None = 50
-    """Top-k restriction of the sampler and of p in the latent (None: full vocabulary)."""
+    """Top-k restriction of the sampler and of p in the latent; None or 0: the full vocabulary (as is
+    any k at least the vocabulary's size)."""
     top_p: float = 1.0
     """Nucleus restriction after top-k (1.0: off)."""
     hybrid: bool = True
@@ -80,8 +141,10 @@ class HRPOConfig:
     sync_every: int = 1
     """Decoding steps between host checks for finished sequences; ~8 keeps a GPU's queue full."""
     r_min: float = 0.99
-    """Initial decay a = exp(−c·softplus(Λ)) is drawn from U[r_min, r_max] per dimension."""
+    """Initial decay a = exp(−c·softplus(Λ)) is drawn from U[r_min, r_max] per dimension
+    (r_min ≤ r_max)."""
     r_max: float = 0.999
+    """Upper end of the initial decay's range (see r_min)."""
     hybrid_mix: Literal["gated", "latent_only"] = "gated"
     """How thinking positions are fed: "gated" (HRPO) or "latent_only", the paper's
     interpolation-only ablation (the latent alone, no token embedding)."""
@@ -91,13 +154,15 @@ class HRPOConfig:
 
     # ---- objective (spec §3) -----------------------------------------------------------------
     beta: float = 0.005
-    """β of the k3 KL penalty against the reference model (base weights, adapters off, token ids)."""
+    """β of the k3 KL penalty against the reference model (base weights, adapters off, token ids);
+    0: no KL term and no reference forward pass."""
     loss_type: Literal["grpo", "dr_grpo", "dapo"] = "grpo"
     """Token aggregation: per-sequence mean then mean (paper), Dr. GRPO constant, or token-level mean."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Advantage scaling: (R − mean_group) / (std + 1e-4) with the group's std, the batch's, or none."""
     epsilon: float = 0.2
-    """Lower (and default upper) clip range of the ratio exp(ℓ − ℓ_old); active when num_iterations > 1."""
+    """Lower (and default upper) clip range of the ratio exp(ℓ − ℓ_old): the ratio is clipped to
+    [1 − epsilon, 1 + epsilon_high]; active when num_iterations > 1."""
     epsilon_high: float | None = None
     """Upper clip range (DAPO's clip-higher); None: same as epsilon."""
     num_iterations: int = 1
@@ -105,7 +170,7 @@ class HRPOConfig:
     loss_temperature: float | None = None
     """Temperature of the log-probs in the loss; None: the rollout temperature. The reference code used 1.0."""
     reward_weights: list[float] | None = None
-    """Weights of the reward functions (default: all 1)."""
+    """Weights of the reward functions, one finite number per function (default: all 1)."""
     strict_format: bool = True
     """Reward 0 unless the completion contains the answer marker exactly once (spec §3)."""
     format_reward_weight: float = 0.0
@@ -116,13 +181,16 @@ class HRPOConfig:
     use_lora: bool = True
     """LoRA through PEFT; False: full fine-tuning (needs a copy of the model as reference if beta > 0)."""
     lora_r: int = 32
+    """LoRA rank."""
     lora_alpha: int = 64
+    """LoRA scale numerator: the adapters' update is scaled by lora_alpha / lora_r."""
     lora_dropout: float = 0.0
+    """Dropout on the adapters' input."""
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     learning_rate: float = 5e-6
-    """Learning rate of LoRA (or all model) weights."""
+    """Learning rate of LoRA (or all model) weights (0 freezes them, as for the two below)."""
     gate_learning_rate: float = 1e-4
     """Learning rate of the gate linears W_r, W_i and their biases."""
     lambda_learning_rate: float = 1e-3
@@ -130,10 +198,15 @@ class HRPOConfig:
     weight_decay: float = 0.1
     """AdamW weight decay, applied to every group (the paper decays Λ too)."""
     adam_beta1: float = 0.9
+    """AdamW β₁ (decay of the gradient average)."""
     adam_beta2: float = 0.99
+    """AdamW β₂ (decay of the squared-gradient average)."""
     warmup_ratio: float = 0.1
+    """Fraction of the optimiser updates (max_steps × num_iterations) with a linear warm-up."""
     lr_scheduler_type: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate schedule after the warm-up: cosine or linear decay to 0, or constant."""
     max_grad_norm: float = 0.1
+    """Gradients are clipped to this total L2 norm before each optimiser update."""
     per_device_train_batch_size: int = 8
     """Completions per micro-batch (forward + backward)."""
     gradient_accumulation_steps: int = 4
@@ -141,18 +214,23 @@ class HRPOConfig:
     max_steps: int = -1
     """Optimiser steps; -1: num_train_epochs over the task's training split."""
     num_train_epochs: float = 1.0
+    """Passes (fractions allowed) over the training split when max_steps is -1; at least one step."""
     gradient_checkpointing: bool = False
+    """Recompute the decoder's activations in the backward pass: less memory, more compute."""
     logit_chunk_size: int = 128
     """Positions per output-head chunk when computing log-probs (bounds float32 logits memory)."""
 
     # ---- run ---------------------------------------------------------------------------------
     output_dir: str = "runs/hrpo"
+    """Run directory: config.yaml, metrics.jsonl, samples.jsonl, checkpoints and plots."""
     seed: int = 42
+    """Seeds the gate's initialisation, the data order and the rollouts."""
     save_steps: int = 50
     """Checkpoint every this many steps (and at the end); 0: only at the end."""
     save_total_limit: int = 3
-    """Checkpoints kept (oldest deleted first)."""
+    """Checkpoints kept (oldest deleted first); 0: all."""
     logging_steps: int = 1
+    """Write metrics (metrics.jsonl and report_to) every this many steps, and at the last step."""
     log_completions_steps: int = 10
     """Write sample completions to samples.jsonl every this many steps (0: never)."""
     report_to: list[str] = field(default_factory=list)
@@ -160,33 +238,28 @@ class HRPOConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        checks = [
-            (
-                self.num_generations >= 2,
-                "num_generations must be >= 2 (advantages compare completions of a group)",
-            ),
-            (self.temperature > 0, "temperature must be > 0"),
-            (
-                self.cache_implementation in ("dynamic", "static"),
-                "cache_implementation must be dynamic or static",
-            ),
-            (self.sync_every >= 1, "sync_every must be >= 1"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (0 < self.r_min <= self.r_max < 1, "need 0 < r_min <= r_max < 1"),
-            (self.beta >= 0, "beta must be >= 0"),
-            (self.num_iterations >= 1, "num_iterations must be >= 1"),
-            (self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1"),
-            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
-            (self.max_completion_length >= 1, "max_completion_length must be >= 1"),
-            (bool(self.answer_marker), "answer_marker must not be empty"),
-            (
-                self.dtype in ("auto", "float32", "bfloat16", "float16"),
-                "dtype must be auto/float32/bfloat16/float16",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        for name, allowed in FIELD_RANGES.items():
+            allowed.check(f"config key {name!r}", getattr(self, name))
+        if self.r_min > self.r_max:
+            raise ConfigError(
+                f"config keys 'r_min', 'r_max': need r_min <= r_max (got {self.r_min}, {self.r_max})"
+            )
+        if self.reward_weights is not None:
+            if not self.reward_weights:
+                raise ConfigError("config key 'reward_weights': must be null or a non-empty list (got [])")
+            for i, weight in enumerate(self.reward_weights):
+                Range().check(f"config key 'reward_weights', item {i}", weight)
+        if self.cache_implementation not in ("dynamic", "static"):
+            raise ConfigError(
+                f"config key 'cache_implementation': must be 'dynamic' or 'static' "
+                f"(got {self.cache_implementation!r})"
+            )
+        if not self.answer_marker:
+            raise ConfigError("config key 'answer_marker': must not be empty")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(
+                f"config key 'dtype': must be auto, float32, bfloat16 or float16 (got {self.dtype!r})"
+            )
         for sink in self.report_to:
             if sink not in ("tensorboard", "wandb", "trackio", "none"):
                 raise ConfigError(
@@ -201,6 +274,58 @@ class HRPOConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+_POSITIVE_INT = Range(1)
+_NON_NEGATIVE_INT = Range(0)
+_POSITIVE = Range(0, low_open=True)
+_NON_NEGATIVE = Range(0)
+_UNIT = Range(0, 1)
+_BETA = Range(0, 1, high_open=True)
+
+FIELD_RANGES: dict[str, Range] = {
+    "eval_limit": _NON_NEGATIVE_INT,
+    "eval_batch_size": _POSITIVE_INT,
+    "num_generations": Range(2, why="advantages compare the completions of a group"),
+    "max_prompt_length": _POSITIVE_INT,
+    "max_completion_length": _POSITIVE_INT,
+    "temperature": _POSITIVE,
+    "top_k": Range(0, special=(None,)),
+    "top_p": Range(0, 1, low_open=True),
+    "generation_batch_size": Range(1, special=(None,)),
+    "sync_every": _POSITIVE_INT,
+    "r_min": Range(0, 1, low_open=True, high_open=True),
+    "r_max": Range(0, 1, low_open=True, high_open=True),
+    "beta": _NON_NEGATIVE,
+    "epsilon": Range(0, 1, low_open=True, high_open=True, why="the ratio's lower clip is 1 - epsilon"),
+    "epsilon_high": Range(0, low_open=True, special=(None,)),
+    "num_iterations": _POSITIVE_INT,
+    "loss_temperature": Range(0, low_open=True, special=(None,)),
+    "format_reward_weight": _NON_NEGATIVE,
+    "lora_r": _POSITIVE_INT,
+    "lora_alpha": _POSITIVE_INT,
+    "lora_dropout": Range(0, 1, high_open=True),
+    "learning_rate": _NON_NEGATIVE,
+    "gate_learning_rate": _NON_NEGATIVE,
+    "lambda_learning_rate": _NON_NEGATIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "adam_beta1": _BETA,
+    "adam_beta2": _BETA,
+    "warmup_ratio": _UNIT,
+    "max_grad_norm": Range(0, low_open=True, why="0 would zero every gradient"),
+    "per_device_train_batch_size": _POSITIVE_INT,
+    "gradient_accumulation_steps": _POSITIVE_INT,
+    "max_steps": Range(1, special=(-1,)),
+    "num_train_epochs": _POSITIVE,
+    "logit_chunk_size": _POSITIVE_INT,
+    "seed": Range(0, 2**63 - 1),
+    "save_steps": _NON_NEGATIVE_INT,
+    "save_total_limit": _NON_NEGATIVE_INT,
+    "logging_steps": _POSITIVE_INT,
+    "log_completions_steps": _NON_NEGATIVE_INT,
+}
+"""Allowed values of every numeric config key (``reward_weights``: any finite numbers), checked on
+construction and shown by ``hrpo train --help``."""
 
 
 def _fields() -> dict[str, Any]:
@@ -324,12 +449,13 @@ def field_docs() -> dict[str, str]:
 
 
 def describe_fields() -> str:
-    """A text table of every config key: name, default and meaning."""
+    """A text table of every config key: name, default, allowed values (numbers) and meaning."""
     lines = []
     docs = field_docs()
     for f in dataclasses.fields(HRPOConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"  {f.name} = {default!r}")
+        allowed = f"  (allowed: {FIELD_RANGES[f.name]})" if f.name in FIELD_RANGES else ""
+        lines.append(f"  {f.name} = {default!r}{allowed}")
         if docs.get(f.name):
             lines.append(f"      {docs[f.name]}")
     return "\n".join(lines)

@@ -56,8 +56,12 @@ class HybridGate(nn.Module):
         latent_source: Literal["projection", "hidden_state"] = "projection",
     ) -> None:
         super().__init__()
-        if not 0.0 < r_min <= r_max < 1.0:
+        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
+            raise ValueError(f"gate hidden_size must be an integer >= 1, got {hidden_size!r}")
+        if not 0.0 < r_min <= r_max < 1.0:  # also rejects NaN
             raise ValueError(f"gate init needs 0 < r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
+        if not 0.0 < c < math.inf:  # also rejects NaN
+            raise ValueError(f"gate constant c must be a finite number > 0, got {c}")
         if mix not in MIXES:
             raise ValueError(f"mix must be one of {MIXES}, got {mix!r}")
         if latent_source not in LATENT_SOURCES:
