@@ -130,3 +130,70 @@ def greedy_generate_reference(
     for r, row in enumerate(ids.tolist()):
         mask[r, : row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)] = 1
     return Tokens(ids, mask, logprobs * mask, torch.zeros_like(ids, dtype=torch.bool))
+
+
+SP_SPECIALS = ["<unk>", "<s>", "</s>"]
+
+
+def tiny_sentencepiece_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """A Llama-2-style tokenizer: BPE with byte fallback over ``▁``-marked words (Metaspace), and
+    the decoder chain Replace('▁', ' '), ByteFallback, Fuse, Strip(one leading space).
+
+    Trained on ASCII text, so any other character (``→``, ``答``, ``é``) is written as its UTF-8
+    bytes, one ``<0xHH>`` token each.
+    """
+    import json
+
+    trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SP_SPECIALS, show_progress=False)
+    trainer_tok.train_from_iterator(_corpus(), trainer=trainer)
+    trained = json.loads(trainer_tok.to_str())["model"]
+    # Byte-fallback pieces must be in the model's own vocabulary (as in Llama's), not added tokens.
+    vocab = {tok: i for i, tok in enumerate(SP_SPECIALS)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for tok in sorted(trained["vocab"], key=trained["vocab"].get):
+        vocab.setdefault(tok, len(vocab))
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tok.add_special_tokens(SP_SPECIALS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="</s>",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def force_tokens(model, sequences: list[list[int]], fill: int) -> None:
+    """Make a ``HybridModel`` write ``sequences[row % len(sequences)]`` in rollouts, one token per step.
+
+    ``decode_step`` keeps computing the real hidden state but returns logits with all the mass on
+    the row's next forced token (``fill`` once its sequence is written); a call with more than one
+    input position is a prompt, which starts the sequences again. Rows are the decoding batch's:
+    use sequences of equal length or ``compact_finished=False`` so that no row is dropped early.
+    """
+    original = model.decode_step
+    step = [0]
+
+    def decode_step(inputs_embeds, attention_mask, position_ids, past_key_values):
+        hidden, logits = original(inputs_embeds, attention_mask, position_ids, past_key_values)
+        if inputs_embeds.shape[1] > 1:
+            step[0] = 0
+        t = step[0]
+        step[0] += 1
+        forced = torch.full_like(logits, -1e4)
+        for row in range(logits.shape[0]):
+            seq = sequences[row % len(sequences)]
+            forced[row, seq[t] if t < len(seq) else fill] = 1e4
+        return hidden, forced
+
+    model.decode_step = decode_step

@@ -6,13 +6,37 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from hrpo import __version__
+from hrpo.config import FIELD_RANGES, Range
 from hrpo.storage import atomic_write_text
+
+
+def _checked(kind: type[int] | type[float], allowed: Range) -> Callable[[str], int | float]:
+    """An argparse ``type=`` that parses ``kind`` and checks its range, so a bad value is a one-line
+    usage error naming the option (exit status 2) before anything is loaded."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        problem = allowed.problem(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
+_POSITIVE_INT = _checked(int, Range(1))
+_SEED = _checked(int, FIELD_RANGES["seed"])
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -51,9 +75,18 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     _add_decoding_args(p, max_new_tokens=256)
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     p.add_argument("--no-hybrid", action="store_true", help="plain token decoding (no latent mixing)")
-    p.add_argument("--num-generations", type=int, default=1, help="completions per prompt (default 1)")
+    p.add_argument(
+        "--num-generations", type=_POSITIVE_INT, default=1, help="completions per prompt (default 1)"
+    )
     p.add_argument("--system-prompt", default=None, help="system turn prepended to each prompt")
     p.add_argument("--raw", action="store_true", help="feed prompts verbatim, without the chat template")
+    p.add_argument(
+        "--ignore-marker-headings",
+        action="store_true",
+        help="a line-start marker followed by a word of 2+ letters and then a further line "
+        "('#### Step 1' + newline + text) is a markdown heading and does not end the thinking phase "
+        "(the rule numeric and multiple-choice tasks grade by; hrpo eval takes it from the task)",
+    )
     p.add_argument(
         "--json",
         action="store_true",
@@ -70,26 +103,32 @@ def _add_decoding_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     )
     p.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=_POSITIVE_INT,
         default=max_new_tokens,
         help=f"maximum completion length in tokens (default {max_new_tokens})",
     )
     p.add_argument(
         "--temperature",
-        type=float,
+        type=_checked(float, FIELD_RANGES["temperature"]),
         default=0.5,
         help="sampling temperature τ, also used for the latent (0.5)",
     )
     p.add_argument(
-        "--top-k", type=int, default=50, help="keep the k most likely tokens; 0 keeps all (default 50)"
+        "--top-k",
+        type=_checked(int, Range(0, why="0 keeps all tokens")),
+        default=50,
+        help="keep the k most likely tokens; 0 keeps all (default 50)",
     )
     p.add_argument(
-        "--top-p", type=float, default=1.0, help="nucleus sampling mass after top-k; 1.0 disables (default)"
+        "--top-p",
+        type=_checked(float, FIELD_RANGES["top_p"]),
+        default=1.0,
+        help="nucleus sampling mass after top-k; 1.0 disables (default)",
     )
     p.add_argument(
         "--answer-marker", default="####", help="string that ends the thinking phase (default '####')"
     )
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling and for a fresh gate")
+    p.add_argument("--seed", type=_SEED, default=None, help="random seed for sampling and for a fresh gate")
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -129,17 +168,19 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
         help="extra task settings as a YAML mapping, e.g. '{columns: {question: q}, num_passages: 3}'",
     )
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N problems only")
-    p.add_argument("--batch-size", type=int, default=16, help="problems decoded together (default 16)")
+    p.add_argument("--limit", type=_POSITIVE_INT, default=None, help="evaluate the first N problems only")
+    p.add_argument(
+        "--batch-size", type=_POSITIVE_INT, default=16, help="problems decoded together (default 16)"
+    )
     p.add_argument(
         "--num-samples",
-        type=int,
+        type=_POSITIVE_INT,
         default=1,
         help="completions per problem: 1 = greedy (default); more = sampled at --temperature",
     )
     p.add_argument(
         "--pass-k",
-        type=int,
+        type=_POSITIVE_INT,
         nargs="+",
         default=None,
         help="k values for pass@k with --num-samples > 1 (default 1, 2, 4, ... n)",
@@ -152,7 +193,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-prompt-length",
-        type=int,
+        type=_POSITIVE_INT,
         default=2048,
         help="prompts longer than this many tokens are an error (default 2048)",
     )
@@ -181,10 +222,17 @@ def _inspect_parser(sub: argparse._SubParsersAction) -> None:
     _add_decoding_args(p, max_new_tokens=128)
     p.add_argument("--sample", action="store_true", help="sample at --temperature instead of greedy decoding")
     p.add_argument(
-        "--top", type=int, default=5, help="nearest vocabulary tokens shown per latent (default 5)"
+        "--top", type=_POSITIVE_INT, default=5, help="nearest vocabulary tokens shown per latent (default 5)"
     )
     p.add_argument("--system-prompt", default=None, help="system turn (default: the marker instruction)")
     p.add_argument("--raw", action="store_true", help="feed the prompt verbatim, without the chat template")
+    p.add_argument(
+        "--ignore-marker-headings",
+        action="store_true",
+        help="a line-start marker followed by a word of 2+ letters and then a further line "
+        "('#### Step 1' + newline + text) is a markdown heading and does not end the thinking phase "
+        "(the rule numeric and multiple-choice tasks grade by; hrpo eval takes it from the task)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--png", default=None, metavar="PATH", help="also draw the tokens as a heatmap PNG")
     p.set_defaults(func=_cmd_inspect)
@@ -266,10 +314,10 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep file")
     p.add_argument("--output", default=None, help="output directory (default: the file's output_dir)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--jobs", type=_POSITIVE_INT, default=1, help="runs at a time (default 1)")
     p.add_argument(
         "--threads",
-        type=int,
+        type=_POSITIVE_INT,
         default=None,
         help="CPU threads per run (OMP_NUM_THREADS; default: torch's choice)",
     )
@@ -288,8 +336,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     failed = []
     if not args.summarize_only:
-        if args.jobs < 1 or (args.threads is not None and args.threads < 1):
-            raise ValueError("--jobs and --threads must be >= 1")
         failed = [(v, s) for v, s, code in run_sweep(sweep, jobs=args.jobs, threads=args.threads) if code]
     summary = summarize(sweep)
     print((sweep.output_dir / "results.md").read_text(), end="")
@@ -455,8 +501,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from hrpo.rollout import RolloutConfig
     from hrpo.tasks import get_task
 
-    if args.num_samples < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 0):
-        raise ValueError("--num-samples and --batch-size must be >= 1 and --limit >= 0")
+    if args.pass_k and max(args.pass_k) > args.num_samples:
+        raise ValueError(f"--pass-k {max(args.pass_k)}: k must be <= --num-samples ({args.num_samples})")
     task_args = yaml.safe_load(args.task_args) if args.task_args else {}
     if not isinstance(task_args, dict):
         raise ValueError(f"--task-args must be a YAML mapping, got {args.task_args!r}")
@@ -504,10 +550,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 max_prompt_length=args.max_prompt_length,
                 max_completion_length=args.max_new_tokens,
                 temperature=args.temperature,
-                top_k=args.top_k or None,
+                top_k=args.top_k,
                 top_p=args.top_p,
                 hybrid=hybrid,
                 answer_marker=args.answer_marker,
+                ignore_marker_headings=bool(getattr(task, "ignore_marker_headings", False)),
             )
             start = time.perf_counter()
             metrics = evaluate(
@@ -634,11 +681,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         max_prompt_length=None,
         max_completion_length=args.max_new_tokens,
         temperature=args.temperature,
-        top_k=args.top_k or None,
+        top_k=args.top_k,
         top_p=args.top_p,
         do_sample=not args.greedy,
         hybrid=not args.no_hybrid,
         answer_marker=args.answer_marker,
+        ignore_marker_headings=args.ignore_marker_headings,
         system_prompt=args.system_prompt,
         chat_template=not args.raw,
     )
@@ -696,10 +744,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         max_prompt_length=None,
         max_completion_length=args.max_new_tokens,
         temperature=args.temperature,
-        top_k=args.top_k or None,
+        top_k=args.top_k,
         top_p=args.top_p,
         do_sample=args.sample,
         answer_marker=args.answer_marker,
+        ignore_marker_headings=args.ignore_marker_headings,
         system_prompt=args.system_prompt or format_instruction(args.answer_marker),
         chat_template=not args.raw,
     )

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from hrpo.marker import find_markers
 from hrpo.model import HybridModel
 from hrpo.rollout import RolloutConfig, RolloutEngine
 from hrpo.storage import atomic_write_text
@@ -141,13 +142,21 @@ def evaluate(
     Returns ``accuracy`` (mean over problems of the fraction of correct samples) with
     ``accuracy_ci95`` (its 95% interval ``[low, high]``, see :func:`accuracy_interval`), ``pass@k`` for several k when sampling, per-group accuracy
     (``per_group``, from a ``subject``/``dataset`` column), mean ``completion_length``,
-    ``hidden_ratio`` (mean 1−a over thinking positions), ``tokens_per_second`` and the
-    ``predictions`` themselves.
+    ``hidden_ratio`` (mean 1−a over thinking positions), ``tokens_per_second``,
+    ``multiple_markers`` (fraction of completions with two or more answer markers, which the
+    training reward scores 0) and ``heading_markers`` (fraction with a marker read as a heading),
+    and the ``predictions`` themselves.
+
+    The rollout ends thinking by the task's marker rule (``task.ignore_marker_headings``, whatever
+    ``rollout_config`` says), so that it agrees with the grader.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     greedy = num_samples == 1
-    cfg = dataclasses.replace(rollout_config, do_sample=not greedy, num_generations=num_samples)
+    headings = bool(getattr(task, "ignore_marker_headings", rollout_config.ignore_marker_headings))
+    cfg = dataclasses.replace(
+        rollout_config, do_sample=not greedy, num_generations=num_samples, ignore_marker_headings=headings
+    )
     engine = RolloutEngine(model, tokenizer, cfg)
     reward = task.reward_function(strict_format=False)
     path = Path(predictions_path) if predictions_path is not None else None
@@ -175,6 +184,7 @@ def evaluate(
             for j, text in enumerate(ro.completion_texts):
                 problem, sample = idx[int(ro.group_ids[j])], j % num_samples
                 think = ro.thinking_mask[j]
+                markers = find_markers(text, cfg.answer_marker, cfg.ignore_marker_headings)
                 rec = {
                     "index": problem,
                     "sample": sample,
@@ -187,6 +197,8 @@ def evaluate(
                     "completion_tokens": int(ro.completion_lengths[j]),
                     "thinking_tokens": int(think.sum()),
                     "hidden_ratio": float(ro.hidden_ratio[j][think].mean()) if think.any() else 0.0,
+                    "answer_markers": len(markers.answers),
+                    "heading_markers": len(markers.headings),
                 }
                 group = _group(rows[problem])
                 if group is not None:
@@ -250,5 +262,9 @@ def summarize(
         if thinking
         else 0.0
     )
+    counted = [p for p in predictions if "answer_markers" in p]  # files written before the count lack it
+    if counted:
+        result["multiple_markers"] = sum(p["answer_markers"] > 1 for p in counted) / len(counted)
+        result["heading_markers"] = sum(p.get("heading_markers", 0) > 0 for p in counted) / len(counted)
     result["predictions"] = predictions
     return result

@@ -6,6 +6,8 @@ At each decoding step, for every sequence still running:
    the next token ``x̂`` (sampled, or argmax when greedy);
 2. the marker automaton advances on ``x̂``; the token is a *thinking* position if the answer
    marker has not yet appeared (the token completing it is already plain) and it is not EOS;
+   with ``ignore_marker_headings`` a line-start marker is plain while it may still turn out a
+   heading, and thinking resumes if it does (:mod:`hrpo.marker`);
 3. the next input is ``E[x̂]`` for plain positions and the gate's mix of ``E[x̂]`` with the
    latent ``h = Eᵀp/‖p‖₂`` for thinking positions; the latent is stored with the rollout so the
    trainer can rebuild the exact same input under the current gate.
@@ -17,6 +19,7 @@ it is mixed (``mix``); the engine follows them.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase, StaticCache
 
+from hrpo.config import FIELD_RANGES, Range
 from hrpo.distributed import gathered_parameters
 from hrpo.latent import project_latent
 from hrpo.marker import MarkerTracker
@@ -34,6 +38,14 @@ from hrpo.sampling import restrict, sample, token_logprobs
 StepCallback = Callable[[torch.Tensor, torch.Tensor], None]
 PROMPT_BUCKET = 64
 MIN_BUCKET = 4  # smallest batch a static cache is compacted to
+
+
+_ROLLOUT_RANGES = {
+    "num_generations": Range(1),
+    "max_prompt_length": Range(1, special=(None,)),
+    **{k: FIELD_RANGES[k] for k in ("max_completion_length", "temperature", "top_k", "top_p", "sync_every")},
+}
+_INTEGER_SETTINGS = {"num_generations", "max_prompt_length", "max_completion_length", "top_k", "sync_every"}
 
 
 @dataclass
@@ -49,7 +61,8 @@ class RolloutConfig:
     temperature: float = 0.5
     """τ: sampling temperature, also the temperature of ``p`` in the latent and of the recorded log-probs."""
     top_k: int | None = 50
-    """Keep the k most likely tokens (None or 0: all). Restricts both the sampler and ``p`` in the latent."""
+    """Keep the k most likely tokens; None or 0 (stored as None) or k ≥ the vocabulary's size: all.
+    Restricts both the sampler and ``p`` in the latent."""
     top_p: float = 1.0
     """Nucleus restriction applied after top-k; 1.0 disables it."""
     do_sample: bool = True
@@ -58,6 +71,11 @@ class RolloutConfig:
     """Feed gated latent inputs at thinking positions; False gives plain token rollouts (GRPO)."""
     answer_marker: str = "####"
     """The thinking phase of a sequence ends once this string has appeared in its completion."""
+    ignore_marker_headings: bool = False
+    """Read a line-start marker followed by a word of two or more letters and then a further line
+    (``#### Step 1\n…``) as a markdown heading, not the answer marker: it does not end the thinking
+    phase (rules in :mod:`hrpo.marker`). Set it as the task grades (``Task.ignore_marker_headings``:
+    on for numeric and multiple-choice tasks); the trainer and evaluation take it from the task."""
     system_prompt: str | None = None
     """Prepended as a system turn to prompts that have none."""
     chat_template: bool = True
@@ -94,18 +112,15 @@ class RolloutConfig:
     shapes called again give bit-identical rollouts."""
 
     def __post_init__(self) -> None:
-        if self.num_generations < 1:
-            raise ValueError(f"num_generations must be >= 1, got {self.num_generations}")
-        if self.max_completion_length < 1:
-            raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        for name, allowed in _ROLLOUT_RANGES.items():
+            value = getattr(self, name)
+            if name in _INTEGER_SETTINGS and value is not None and not isinstance(value, numbers.Integral):
+                raise ValueError(f"RolloutConfig.{name}: must be an integer (got {value!r})")
+            allowed.check(f"RolloutConfig.{name}", value)
+        if self.top_k == 0:  # the one place 0 is read: from here on None alone means "all tokens"
+            self.top_k = None
         if self.cache not in ("dynamic", "static"):
             raise ValueError(f"cache must be 'dynamic' or 'static', got {self.cache!r}")
-        if self.sync_every < 1:
-            raise ValueError(f"sync_every must be >= 1, got {self.sync_every}")
         if self.backend not in ("eager", "compiled"):
             raise ValueError(f"backend must be 'eager' or 'compiled', got {self.backend!r}")
         if self.backend == "compiled":
@@ -180,7 +195,12 @@ class RolloutEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or RolloutConfig()
-        self.marker = MarkerTracker(tokenizer, self.config.answer_marker, vocab_size=model.vocab_size)
+        self.marker = MarkerTracker(
+            tokenizer,
+            self.config.answer_marker,
+            vocab_size=model.vocab_size,
+            ignore_headings=self.config.ignore_marker_headings,
+        )
         self.eos_ids = torch.tensor(eos_token_ids(model, tokenizer), dtype=torch.long)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.eos_ids[0])

@@ -41,9 +41,10 @@ from hrpo.config import HRPOConfig
 from hrpo.distributed import full_optimizer_state, gathered_parameters, load_optimizer_state
 from hrpo.evaluation import evaluate
 from hrpo.loss import LossNormalizer, policy_loss
+from hrpo.marker import find_markers
 from hrpo.metrics import MetricsLogger
 from hrpo.model import HybridModel
-from hrpo.reward import RewardFunc, compute_rewards
+from hrpo.reward import RewardFunc, compute_rewards, reward_name
 from hrpo.rollout import Rollout, RolloutConfig, RolloutEngine, concat_rollouts
 from hrpo.storage import atomic_directory
 
@@ -153,6 +154,11 @@ class HRPOTrainer:
             if cfg.format_reward_weight:
                 self.reward_funcs.append(task.format_reward_function())
                 self.reward_weights = self.reward_weights or [1.0, cfg.format_reward_weight]
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(
+                f"config key 'reward_weights': {len(self.reward_weights)} weights for "
+                f"{len(self.reward_funcs)} reward functions {[reward_name(f) for f in self.reward_funcs]}"
+            )
         if not self.train_dataset:
             raise ValueError("the training dataset is empty")
         for i, row in enumerate(self.train_dataset[:1000]):
@@ -202,6 +208,8 @@ class HRPOTrainer:
             top_p=cfg.top_p,
             hybrid=cfg.hybrid,
             answer_marker=cfg.answer_marker,
+            # The rollout must end thinking where the task's grader finds the answer marker.
+            ignore_marker_headings=bool(getattr(self.task, "ignore_marker_headings", False)),
             backend=cfg.rollout_backend,
             cache=cfg.cache_implementation,
             compact_finished=cfg.compact_finished,
@@ -391,7 +399,7 @@ class HRPOTrainer:
             "group_ids": ro.group_ids.cpu(),
         }
 
-        loss_t = cfg.loss_temperature or cfg.temperature
+        loss_t = cfg.temperature if cfg.loss_temperature is None else cfg.loss_temperature
         ref_lp = self._reference_logprobs(ro, loss_t)
         old_lp = None
         if cfg.num_iterations > 1:
@@ -482,6 +490,13 @@ class HRPOTrainer:
             cfg.num_iterations * all_tokens
         )
         metrics["completion_length"] = mean(ro.completion_lengths)
+        # The strict reward is 0 with two answer markers; headings are occurrences the rule skipped.
+        rcfg = self.engine.config
+        found = [
+            find_markers(c, rcfg.answer_marker, rcfg.ignore_marker_headings) for c in ro.completion_texts
+        ]
+        metrics["multiple_markers"] = mean(torch.tensor([len(f.answers) > 1 for f in found]))
+        metrics["heading_markers"] = mean(torch.tensor([len(f.headings) > 0 for f in found]))
         think = ro.thinking_mask.float()
         n_think = float(acc.gather(think.sum().reshape(1).to(device)).sum())
         metrics["thinking_fraction"] = n_think / all_tokens
@@ -638,7 +653,7 @@ class HRPOTrainer:
             while self.step < self.max_steps:
                 metrics = self.train_step(self.step)
                 self.step += 1
-                if self.step % max(cfg.logging_steps, 1) == 0 or self.step == self.max_steps:
+                if self.step % cfg.logging_steps == 0 or self.step == self.max_steps:
                     logger.log(self.step, metrics)
                 if cfg.log_completions_steps and self.step % cfg.log_completions_steps == 0:
                     logger.log_samples(self.step, self._last_samples)

@@ -398,6 +398,7 @@ class ArithmeticTask(Task):
 
     name = "arithmetic"
     answer_format = "The final answer is a whole number: write only the number, without units."
+    ignore_marker_headings = True  # answers are numbers: a '#### Step' heading is no marker
 
     def __init__(
         self,

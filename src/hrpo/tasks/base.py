@@ -3,14 +3,19 @@
 A task turns a data set into rows for training or evaluation (``prompt`` in TRL's conversational
 format plus the reference ``answer``) and grades completions. Grading follows the paper's rule:
 the answer is the text after the LAST answer marker, and the training reward additionally
-requires the marker to appear exactly once. Graders see raw model output, so they are written to
-run in linear time and never to execute or ``eval()`` anything.
+requires the marker to appear exactly once. Tasks whose answers are numbers or option letters
+(``ignore_marker_headings``) do not count a markdown heading such as ``#### Step 1`` (a line-start
+marker followed by a word and then a further line) as a marker; the rule is in :mod:`hrpo.marker`
+and is the same one the rollout uses to end the thinking phase. Graders see raw model output, so
+they are written to run in linear time and never to execute or ``eval()`` anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from hrpo.marker import answer_marker_spans, answer_start
 
 DEFAULT_MARKER = "####"
 
@@ -74,6 +79,10 @@ class Task:
     name: str = "task"
     splits: tuple[str, ...] = ("train", "test")
     answer_format: str = ""
+    ignore_marker_headings: bool = False
+    """Read a line-start marker followed by a word of two or more letters and then a further line
+    (``#### Step 1\n…``) as a markdown heading, not a marker (:mod:`hrpo.marker`). Only for tasks
+    whose answers cannot be words (numbers, option letters); the rollout follows the same rule."""
 
     def __init__(self, *, marker: str = DEFAULT_MARKER, system_prompt: str | None = None) -> None:
         if not isinstance(marker, str) or not marker.strip():
@@ -121,12 +130,20 @@ class Task:
 
     # --- grading --------------------------------------------------------------------------------
 
+    def answer_markers(self, completion: str) -> list[int]:
+        """Start offsets of the answer markers in ``completion`` (headings left out, if the task says so)."""
+        return answer_marker_spans(completion, self.marker, self.ignore_marker_headings)
+
+    def marker_count(self, completion: str) -> int:
+        """How many answer markers ``completion`` has (the strict format wants exactly one)."""
+        return len(self.answer_markers(completion))
+
     def text_after_marker(self, completion: str) -> str | None:
-        """The raw text after the last marker, or None when there is no marker."""
+        """The raw text after the last answer marker, or None when there is none."""
         if not isinstance(completion, str):
             return None
-        at = completion.rfind(self.marker)
-        return None if at < 0 else completion[at + len(self.marker) :]
+        at = answer_start(completion, self.marker, self.ignore_marker_headings)
+        return None if at is None else completion[at:]
 
     def extract_answer(self, completion: str) -> str | None:
         """The cleaned text after the last marker, or None when there is no marker."""
@@ -141,11 +158,11 @@ class Task:
         """1.0 if the answer after the last marker is correct, else 0.0.
 
         With ``strict_format`` (the paper's training reward) the completion must also contain the
-        marker exactly once.
+        marker exactly once (headings aside, see ``ignore_marker_headings``).
         """
         if not isinstance(completion, str) or not isinstance(reference, str):
             return 0.0
-        if strict_format and completion.count(self.marker) != 1:
+        if strict_format and self.marker_count(completion) != 1:
             return 0.0
         predicted = self.extract_answer(completion)
         if predicted is None:
@@ -158,7 +175,7 @@ class Task:
 
     def format_score(self, completion: str) -> float:
         """1.0 if the completion has the marker exactly once with a non-empty answer after it."""
-        if not isinstance(completion, str) or completion.count(self.marker) != 1:
+        if not isinstance(completion, str) or self.marker_count(completion) != 1:
             return 0.0
         return 1.0 if self.extract_answer(completion) else 0.0
 

@@ -128,6 +128,7 @@ class MultipleChoiceTask(FileTask):
     answer_format = (
         "The answer is one of the option letters: after the marker write only the letter (e.g. B)."
     )
+    ignore_marker_headings = True  # answers are option letters: a '#### Step' heading is no marker
     # Letters accepted when grading without the row's options (the widest question of the data set).
     max_options = 4
     hub_id: str | None = None
@@ -227,7 +228,7 @@ class MultipleChoiceTask(FileTask):
         try:
             if not isinstance(completion, str) or not isinstance(reference, str):
                 return 0.0
-            if strict_format and completion.count(self.marker) != 1:
+            if strict_format and self.marker_count(completion) != 1:
                 return 0.0
             texts = _option_texts(options)
             if texts is None:

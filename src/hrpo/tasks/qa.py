@@ -269,7 +269,7 @@ class QATask(FileTask):
         try:
             if not isinstance(completion, str):
                 return 0.0
-            if strict_format and completion.count(self.marker) != 1:
+            if strict_format and self.marker_count(completion) != 1:
                 return 0.0
             predicted = self.extract_answer(completion)
             if not predicted:
@@ -285,7 +285,7 @@ class QATask(FileTask):
         try:
             if not isinstance(completion, str):
                 return 0.0
-            if strict_format and completion.count(self.marker) != 1:
+            if strict_format and self.marker_count(completion) != 1:
                 return 0.0
             return f1(self.extract_answer(completion), reference)
         except Exception:
