@@ -83,3 +83,8 @@ def test_bad_sampling_settings_are_rejected():
         restrict(torch.randn(1, 5), 0.0)
     with pytest.raises(ValueError, match="top_p"):
         restrict(torch.randn(1, 5), 1.0, top_p=0.0)
+
+
+def test_negative_top_k_is_an_error_not_the_whole_vocabulary():
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        restrict(torch.randn(2, 10), 1.0, top_k=-5)

@@ -737,8 +737,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from hrpo.rollout import RolloutConfig
     from hrpo.tasks.base import format_instruction
 
-    if args.top < 1:
-        raise ValueError("--top must be >= 1")
     model, tok = _load_hybrid(args)
     cfg = RolloutConfig(
         max_prompt_length=None,

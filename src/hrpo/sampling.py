@@ -37,6 +37,8 @@ def restrict(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 or None (0 and None keep every token), got {top_k}")
     scaled = logits.float() / temperature
     vocab = scaled.shape[-1]
     if top_k is not None and 0 < top_k < vocab:
