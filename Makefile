@@ -26,9 +26,15 @@ setup: $(VENV)/.installed
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Train SmolLM2-135M-Instruct with HRPO on the built-in arithmetic task (CPU, < 15 min).
+# Train SmolLM2-135M-Instruct with HRPO on the built-in arithmetic task (CPU, < 15 min). Once
+# runs/quickstart holds a run, `make demo` is refused: DEMO_ARGS=--overwrite starts over (deleting
+# it), DEMO_ARGS=--resume continues an interrupted one.
+DEMO_ARGS ?=
 demo: setup
-	$(BIN)/hrpo train --config configs/quickstart.yaml
+	@echo "$(BIN)/hrpo train --config configs/quickstart.yaml $(DEMO_ARGS)"
+	@$(BIN)/hrpo train --config configs/quickstart.yaml $(DEMO_ARGS) || { code=$$?; [ $$code -ne 1 ] || \
+		echo "make demo: to train again over an earlier demo run: make demo DEMO_ARGS=--overwrite" \
+		"(or DEMO_ARGS=--resume to continue an interrupted one)" >&2; exit $$code; }
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from hrpo.config import HRPOConfig  # noqa: E402
+from hrpo.distributed import end_process_group  # noqa: E402
 from hrpo.trainer import HRPOTrainer  # noqa: E402
 from tiny import tiny_model, tiny_tokenizer  # noqa: E402
 
@@ -73,6 +74,7 @@ def main() -> None:
         },
         out / f"rank{acc.process_index}.pt",
     )
+    end_process_group()
 
 
 if __name__ == "__main__":

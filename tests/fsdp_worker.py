@@ -21,6 +21,7 @@ from torch.distributed.fsdp import fully_shard
 sys.path.insert(0, str(Path(__file__).parent))
 
 from hrpo.distributed import (  # noqa: E402
+    end_process_group,
     full_optimizer_state,
     full_tensor,
     is_sharded,
@@ -149,7 +150,7 @@ def main() -> None:
         },
         out / f"rank{rank}.pt",
     )
-    dist.destroy_process_group()
+    end_process_group()
 
 
 if __name__ == "__main__":

@@ -138,6 +138,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tiny_dir, tmp_path):
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr[-2000:]
     assert "checkpoint saved to" in stdout
+    # The hint puts the overrides before --resume (after it, the first would be read as CHECKPOINT).
+    hint = stdout.rstrip().splitlines()[-1]
+    assert hint.startswith("resume with: hrpo train model_name_or_path=") and hint.endswith(" --resume")
     saved = sorted((out / "checkpoints").iterdir())
     assert len(saved) == 1 and (saved[0] / "trainer_state.json").is_file()
     step = int(saved[0].name.split("-")[1])

@@ -1,4 +1,7 @@
+import fcntl
 import json
+import os
+import shutil
 
 import pytest
 import yaml
@@ -74,17 +77,55 @@ def test_sweep_runs_summarises_skips_and_resumes(tmp_path, tiny_dir, capsys):
     config = yaml.safe_load((out / "hrpo" / "seed-1" / "config.yaml").read_text())
     assert config["seed"] == 1 and config["r_min"] == 0.95 and config["max_steps"] == 2
 
-    # A run cut short (here: its final evaluation lost) resumes from its checkpoint; finished ones are skipped.
+    # A run cut short (here: its final evaluation lost) resumes from its checkpoint, one stopped
+    # before its first checkpoint (metrics logged, none saved) from step 0; finished ones are skipped.
     run = out / "hrpo" / "seed-0"
     before = (run / "eval_before.json").read_text()
     (run / "eval_after.json").unlink()
+    early = out / "grpo" / "seed-1"
+    metrics = strip_timing((early / "metrics.jsonl").read_text())
+    shutil.rmtree(early / "checkpoints")
+    (early / "eval_after.json").unlink()
     sweep = load_sweep(path)
-    assert train_command(sweep, "hrpo", 0)[-1] == "--resume"
+    assert (
+        train_command(sweep, "hrpo", 0)[-1] == "--resume"
+        and train_command(sweep, "grpo", 1)[-1] == "--resume"
+    )
     capsys.readouterr()
-    assert main(["sweep", str(path)]) == 0
-    assert "1 runs to do, 3 already finished" in capsys.readouterr().out
+    assert main(["sweep", str(path), "--threads", "1"]) == 0
+    assert "2 runs to do, 2 already finished" in capsys.readouterr().out
     assert (run / "eval_after.json").is_file() and (run / "eval_before.json").read_text() == before
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    # The same command in the same process setup (one thread): bitwise the same numbers.
+    assert strip_timing((early / "metrics.jsonl").read_text()) == metrics
+    assert (early / "eval_after.json").is_file()
+
+
+def strip_timing(text):
+    timing = ("step_time", "rollout_tokens_per_s", "peak_memory_gb")
+    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in text.splitlines()]
+
+
+def test_a_second_sweep_into_the_same_directory_stops_at_once(tmp_path, tiny_dir, capsys):
+    from hrpo.rundir import LOCK_FILE
+
+    path = write_sweep(tmp_path, tiny_dir)
+    out = tmp_path / "out"
+    out.mkdir()
+    # What another process's lock looks like: an exclusive flock on another open file description.
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, json.dumps({"pid": 4242, "command": "hrpo sweep other.yaml"}).encode())
+    try:
+        assert main(["sweep", str(path)]) == 1
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err
+    assert err == (
+        f"hrpo sweep: {out} is in use by another hrpo process (pid 4242: hrpo sweep other.yaml); "
+        "wait for it to end or stop it, then run again\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # no run started, no results written
 
 
 def test_permutation_p_value_by_hand():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -271,7 +273,15 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         const=True,
         default=None,
         metavar="CHECKPOINT",
-        help="continue from the latest checkpoint in output_dir, or from the checkpoint directory given",
+        help="continue from the latest checkpoint in output_dir (none yet: from step 0), or from the "
+        "checkpoint directory given; what output_dir holds after that step is discarded",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run output_dir already holds (metrics, samples, checkpoints, evaluations, "
+        "plots) before starting; same as overwrite_output_dir=true. Without it or --resume, an "
+        "output_dir holding a run is refused",
     )
     p.add_argument("--no-plots", action="store_true", help="do not write PNG curves at the end")
     p.set_defaults(func=_cmd_train)
@@ -334,6 +344,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         for variant, seed in sweep.runs():
             print(f"{variant} seed {seed}: {' '.join(train_command(sweep, variant, seed))}")
         return 0
+    from hrpo.rundir import lock_run_dir
+
+    # One sweep at a time per output directory (each run also locks its own directory).
+    args.held.enter_context(lock_run_dir(sweep.output_dir, command=args.command_line))
     failed = []
     if not args.summarize_only:
         failed = [(v, s) for v, s, code in run_sweep(sweep, jobs=args.jobs, threads=args.threads) if code]
@@ -405,12 +419,17 @@ def _print_eval(label: str, result: dict | None) -> None:
 
 
 def _eval_before(trainer, out: Path, resumed: bool) -> dict | None:
-    """The evaluation before training, written at once so a resumed run still reports it."""
+    """The evaluation before training, written at once so a resumed run still reports it.
+
+    A resumed run reads it back; if the first run was killed before writing it, it is computed
+    now, on the model as loaded (the checkpoint is loaded later, by ``train``)."""
+    from accelerate.utils import broadcast_object_list
+
     path = out / "eval_before.json"
-    if resumed:
-        if trainer.accelerator.is_main_process and path.is_file():
-            return json.loads(path.read_text())
-        return None
+    # Decided by the main process for all: every process joins the evaluation or none does.
+    done = broadcast_object_list([resumed and path.is_file()])[0]
+    if done:
+        return json.loads(path.read_text()) if trainer.accelerator.is_main_process else None
     result = trainer.evaluate("eval before")
     if result is not None:
         atomic_write_text(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
@@ -419,24 +438,49 @@ def _eval_before(trainer, out: Path, resumed: bool) -> dict | None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from hrpo.config import load_config
-    from hrpo.trainer import HRPOTrainer, TrainingInterrupted
+    from hrpo.rundir import TRAINER_STATE, hold_run_dir, latest_checkpoint, launched_main_process
 
     cfg = load_config(args.config, args.overrides)
+    if args.overwrite:
+        if args.resume:
+            raise ValueError("--resume continues the run in output_dir and --overwrite deletes it: give one")
+        cfg.overwrite_output_dir = True
+    if isinstance(args.resume, str) and not (Path(args.resume) / TRAINER_STATE).is_file():
+        raise FileNotFoundError(
+            f"--resume {args.resume}: not an hrpo training checkpoint ({TRAINER_STATE} missing)"
+        )
+    out = Path(cfg.output_dir)
+    # Lock and check output_dir before the model loads and before anything is written there. Under
+    # accelerate only the main process does; the trainer's Accelerator does not exist yet.
+    if launched_main_process():
+        deleted = args.held.enter_context(
+            hold_run_dir(
+                out, resume=bool(args.resume), overwrite=cfg.overwrite_output_dir, command=args.command_line
+            )
+        )
+        if deleted:
+            print(f"hrpo train: deleted the run in {out} ({'; '.join(deleted)})", flush=True)
+        if args.resume is True and latest_checkpoint(out / "checkpoints") is None:
+            print(f"hrpo train: no checkpoint in {out / 'checkpoints'}; starting from step 0", flush=True)
+    from hrpo.distributed import end_process_group
+    from hrpo.trainer import HRPOTrainer, TrainingInterrupted
+
     start = time.perf_counter()
     trainer = HRPOTrainer(cfg)
     main_process = trainer.accelerator.is_main_process
-    out = trainer.output_dir
     before = _eval_before(trainer, out, resumed=bool(args.resume))
     try:
         trainer.train(resume_from_checkpoint=args.resume)
     except TrainingInterrupted as stop:
         if main_process:
-            print(f"hrpo train: interrupted after step {stop.step}; checkpoint saved to {stop.checkpoint}")
-            print(
-                f"resume with: hrpo train --config {args.config or '...'} --resume {' '.join(args.overrides)}"
-            )
+            saved = f"checkpoint saved to {stop.checkpoint}" if stop.checkpoint else "no step to save"
+            print(f"hrpo train: interrupted after step {stop.step}; {saved}")
+            # KEY=VALUE overrides before --resume, which would take the first one as its CHECKPOINT.
+            again = ["hrpo", "train", *(["--config", args.config] if args.config else []), *args.overrides]
+            print(f"resume with: {shlex.join([*again, '--resume'])}")
         return 130
     after = trainer.evaluate("eval after")
+    end_process_group()  # every process is here; what follows is the main process's own writing
     if not main_process:
         return 0
     if after is not None:
@@ -516,6 +560,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     model_name = args.model or "SmolLM2-135M-Instruct"
     out = Path(args.output or Path("runs") / "eval" / Path(model_name.rstrip("/")).name)
+    from hrpo.rundir import lock_run_dir
+
+    # One process at a time appends predictions there; taken before the model loads (fail fast).
+    args.held.enter_context(lock_run_dir(out, command=args.command_line))
     model, tok = _load_hybrid(args)
     model_path = str(resolve_model_path(args.model))
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.hybrid]
@@ -542,6 +590,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 "top_p": args.top_p,
                 "max_new_tokens": args.max_new_tokens,
                 "answer_marker": args.answer_marker,
+                "ignore_marker_headings": bool(getattr(task, "ignore_marker_headings", False)),
                 "hybrid": hybrid,
                 "seed": args.seed,
             }
@@ -763,9 +812,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["hrpo", *argv])  # recorded in the run directories' lock files
     try:
-        return args.func(args)
+        # Run directory locks a command takes (args.held) are released when it returns or fails.
+        with contextlib.ExitStack() as args.held:
+            return args.func(args)
     except KeyboardInterrupt:
         print("hrpo: interrupted", file=sys.stderr)
         return 130

@@ -223,6 +223,10 @@ class HRPOConfig:
     # ---- run ---------------------------------------------------------------------------------
     output_dir: str = "runs/hrpo"
     """Run directory: config.yaml, metrics.jsonl, samples.jsonl, checkpoints and plots."""
+    overwrite_output_dir: bool = False
+    """A run started without resume into an output_dir that already holds a run (metrics, samples,
+    checkpoints or evaluations) is refused; true deletes that run's files first (other files stay).
+    Ignored when resuming. The same as ``hrpo train --overwrite``."""
     seed: int = 42
     """Seeds the gate's initialisation, the data order and the rollouts."""
     save_steps: int = 50

@@ -18,6 +18,7 @@ Without FSDP every helper here is a no-op or a plain copy.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import torch
@@ -125,3 +126,21 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
             for k, v in st.items():
                 if torch.is_tensor(v) and not isinstance(v, DTensor) and v.shape == p.shape:
                     st[k] = distribute_tensor(v.to(p.to_local().device), p.device_mesh, p.placements)
+
+
+def end_process_group() -> None:
+    """Close the default process group at the end of a successful run, on every process.
+
+    Gloo runs collectives on worker threads that release each finished one's tensors, which needs
+    the GIL. If the process group is torn down while such a release is pending (at interpreter
+    exit, or when the last reference, e.g. DDP's reducer, is dropped with the GIL held), the
+    process aborts ("terminate called without an active exception") or deadlocks. So: wait for
+    every process's collectives (barrier), give the worker threads a moment without the GIL to
+    release them, then destroy the group. A no-op without a process group.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    time.sleep(0.2)  # the GIL is free while sleeping: pending releases finish
+    dist.destroy_process_group()

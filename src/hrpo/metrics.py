@@ -1,6 +1,10 @@
 """Per-step training metrics: a crash-safe ``metrics.jsonl`` plus optional TensorBoard/W&B/Trackio.
 
 The JSONL file is the source of truth (``hrpo plot`` reads it); the dashboards are mirrors.
+Each line is flushed as it is logged, so a killed run keeps every line logged before the kill; a
+resumed run first drops (atomically) the lines after its checkpoint, so its file ends up equal to
+an uninterrupted run's. Whether a fresh run may start in a directory at all is decided before the
+logger opens it (:mod:`hrpo.rundir`: a directory holding a run is refused or overwritten).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
+
+from hrpo.storage import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -181,7 +187,8 @@ class MetricsLogger:
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            # A fresh run must not inherit an earlier run's lines (the trainer decides about reuse).
+            # A fresh run must not inherit an earlier run's lines. (The trainer has already refused
+            # or overwritten a directory holding a run, see hrpo.rundir.)
             self.samples_path.unlink(missing_ok=True)
             self._metrics_fh = self.metrics_path.open("w", encoding="utf-8")
         else:
@@ -212,7 +219,7 @@ class MetricsLogger:
                 run_id = id_file.read_text().strip()
             else:
                 run_id = uuid.uuid4().hex[:8]
-                id_file.write_text(run_id + "\n")
+                atomic_write_text(id_file, run_id + "\n")
             self._wandb_run = self._wandb.init(
                 project=os.environ.get("WANDB_PROJECT", "hrpo"),
                 name=self.run_dir.name,

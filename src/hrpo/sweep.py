@@ -15,7 +15,10 @@ the seeds::
 Each run is an ordinary ``hrpo train`` in its own process (``OUTPUT/<variant>/seed-<s>``, with
 its merged ``sweep_config.yaml`` and ``train.log``), so a crash or an out-of-memory kill loses one
 run, not the sweep. Finished runs (those with ``eval_after.json``) are skipped and interrupted
-ones resume from their last checkpoint, so running the same command again continues a sweep.
+ones are resumed (``hrpo train --resume``: from their last checkpoint, or from step 0 if they were
+stopped before their first), so running the same command again continues a sweep. A sweep holds
+its output directory's lock while it runs (:mod:`hrpo.rundir`), so a second sweep into the same
+directory stops at once, and each run's ``hrpo train`` holds its own run directory's.
 :func:`summarize` reads what the runs wrote and produces ``results.json``, ``results.md`` and
 comparison plots (mean ± std over seeds).
 """
@@ -40,7 +43,8 @@ import numpy as np
 
 from hrpo.config import ConfigError, HRPOConfig, load_config, read_yaml_mapping
 from hrpo.metrics import read_metrics
-from hrpo.storage import atomic_write_text
+from hrpo.rundir import EVAL_AFTER, holds_run, lock_run_dir
+from hrpo.storage import atomic_file, atomic_write_text
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -124,19 +128,24 @@ def load_sweep(path: str | Path, output_dir: str | Path | None = None) -> Sweep:
 
 # -- running -------------------------------------------------------------------------------------
 def is_finished(run_dir: Path) -> bool:
-    return (run_dir / "eval_after.json").is_file()
+    return (run_dir / EVAL_AFTER).is_file()
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    ckpt = run_dir / "checkpoints"
-    return ckpt.is_dir() and any(p.name.startswith("step-") for p in ckpt.iterdir())
+def _ends_line(path: Path) -> bool:
+    """Whether ``path`` is empty or ends with a newline."""
+    with path.open("rb") as fh:
+        if fh.seek(0, os.SEEK_END) == 0:
+            return True
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
 
 
 def train_command(sweep: Sweep, variant: str, seed: int) -> list[str]:
-    """The ``hrpo train`` command of one run (its merged config is written next to it)."""
+    """The ``hrpo train`` command of one run (its merged config is written next to it); with
+    ``--resume`` once the run has written anything, checkpoint or not."""
     run_dir = sweep.run_dir(variant, seed)
     cmd = [sys.executable, "-m", "hrpo.cli", "train", "--config", str(run_dir / "sweep_config.yaml")]
-    return cmd + (["--resume"] if _has_checkpoint(run_dir) else [])
+    return cmd + (["--resume"] if holds_run(run_dir) else [])
 
 
 def run_sweep(
@@ -149,8 +158,16 @@ def run_sweep(
     """Run every unfinished run, ``jobs`` at a time; return ``(variant, seed, exit code)`` of those run.
 
     ``threads`` sets each run's intra-op threads (``OMP_NUM_THREADS``); on a small CPU, two jobs
-    of one thread each use the cores better than one job of two for a small model.
+    of one thread each use the cores better than one job of two for a small model. Holds the
+    output directory's lock meanwhile (:class:`hrpo.rundir.RunDirectoryInUse` if another sweep does).
     """
+    with lock_run_dir(sweep.output_dir):
+        return _run_sweep(sweep, jobs=jobs, threads=threads, log=log)
+
+
+def _run_sweep(
+    sweep: Sweep, *, jobs: int, threads: int | None, log: Callable[[str], None] | None
+) -> list[tuple[str, int, int]]:
     log = log or functools.partial(print, flush=True)  # flushed: a sweep's log is usually a file
     pending = [(v, s) for v, s in sweep.runs() if not is_finished(sweep.run_dir(v, s))]
     done = len(sweep.runs()) - len(pending)
@@ -164,11 +181,14 @@ def run_sweep(
         variant, seed = item
         run_dir = sweep.run_dir(variant, seed)
         run_dir.mkdir(parents=True, exist_ok=True)
-        sweep.config_for(variant, seed).save(run_dir / "sweep_config.yaml")
+        with atomic_file(run_dir / "sweep_config.yaml") as tmp:
+            sweep.config_for(variant, seed).save(tmp)
         cmd = train_command(sweep, variant, seed)
         start = time.perf_counter()
-        with (run_dir / "train.log").open("a", encoding="utf-8") as fh:
-            fh.write(f"$ {' '.join(cmd)}\n")
+        log_file = run_dir / "train.log"
+        with log_file.open("a", encoding="utf-8") as fh:
+            # A killed run's last output (a progress bar) may lack its newline.
+            fh.write(f"{'' if _ends_line(log_file) else chr(10)}$ {' '.join(cmd)}\n")
             fh.flush()
             code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
         minutes = (time.perf_counter() - start) / 60
@@ -243,6 +263,11 @@ def _run_record(sweep: Sweep, variant: str, seed: int) -> dict[str, Any] | None:
 
 def summarize(sweep: Sweep, *, plots: bool = True) -> dict[str, Any]:
     """Aggregate the finished runs into ``results.json``, ``results.md`` and plots; return the summary."""
+    with lock_run_dir(sweep.output_dir):
+        return _summarize(sweep, plots=plots)
+
+
+def _summarize(sweep: Sweep, *, plots: bool) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for variant in sweep.variants:
         runs = [r for s in sweep.seeds if (r := _run_record(sweep, variant, s)) is not None]

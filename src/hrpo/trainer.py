@@ -14,7 +14,8 @@ One optimiser step (spec §3, settings §4):
    with three parameter groups (LoRA/model, gate linears, Λ) is taken per pass.
 
 Runs are resumable: checkpoints hold weights, gate, optimiser, scheduler, RNG states, step and
-data position, and are written atomically.
+data position, and are written atomically. The run directory's rules (a fresh run never reuses an
+old one, one writer at a time, what a resume discards) are :mod:`hrpo.rundir`'s.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import hashlib
 import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,10 +46,17 @@ from hrpo.metrics import MetricsLogger
 from hrpo.model import HybridModel
 from hrpo.reward import RewardFunc, compute_rewards, reward_name
 from hrpo.rollout import Rollout, RolloutConfig, RolloutEngine, concat_rollouts
-from hrpo.storage import atomic_directory
-
-CHECKPOINT_PREFIX = "step-"
-TRAINER_STATE = "trainer_state.json"
+from hrpo.rundir import (
+    API_HINTS,
+    CHECKPOINT_PREFIX,
+    CHECKPOINTS,
+    TRAINER_STATE,
+    discard_after,
+    hold_run_dir,
+    latest_checkpoint,
+    list_checkpoints,
+)
+from hrpo.storage import atomic_directory, atomic_file, atomic_remove
 
 
 class TrainingInterrupted(Exception):
@@ -533,7 +540,7 @@ class HRPOTrainer:
     # -- checkpoints ---------------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
-        return self.output_dir / "checkpoints"
+        return self.output_dir / CHECKPOINTS
 
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/step-NNNNNN`` atomically (main process) and prune old ones."""
@@ -573,7 +580,7 @@ class HRPOTrainer:
         if limit <= 0:
             return
         for old in list_checkpoints(self.checkpoint_dir)[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
+            atomic_remove(old)  # renamed away first: never listed half-deleted
 
     def load_checkpoint(self, path: str | Path) -> None:
         path = Path(path)
@@ -622,10 +629,30 @@ class HRPOTrainer:
     def train(self, resume_from_checkpoint: str | Path | bool | None = None) -> dict[str, Any]:
         """Train up to ``max_steps``; returns a summary (steps, final metrics, output paths).
 
-        ``resume_from_checkpoint``: True for the latest checkpoint in ``output_dir``, or a path.
+        ``resume_from_checkpoint``: True for the latest checkpoint in ``output_dir`` (none there:
+        start from step 0), or a checkpoint path. Resuming from step N discards what the directory
+        holds after N (metric and sample lines, later checkpoints, ``eval_after.json``). Without
+        it, an ``output_dir`` that holds a run is refused unless ``config.overwrite_output_dir``.
+        The main process holds ``output_dir``'s lock meanwhile (:mod:`hrpo.rundir`); another
+        process using it raises :class:`hrpo.rundir.RunDirectoryInUse`.
         On Ctrl-C, a checkpoint of the last completed step is saved and
         :class:`TrainingInterrupted` is raised.
         """
+        with contextlib.ExitStack() as held:
+            if self.accelerator.is_main_process:
+                held.enter_context(
+                    hold_run_dir(
+                        self.output_dir,
+                        resume=bool(resume_from_checkpoint),
+                        overwrite=self.config.overwrite_output_dir,
+                        hints=API_HINTS,
+                    )
+                )
+            # The others list checkpoints only once the main process has tidied the directory.
+            self.accelerator.wait_for_everyone()
+            return self._train(resume_from_checkpoint)
+
+    def _train(self, resume_from_checkpoint: str | Path | bool | None) -> dict[str, Any]:
         cfg, acc = self.config, self.accelerator
         if resume_from_checkpoint:
             path = (
@@ -633,12 +660,13 @@ class HRPOTrainer:
                 if resume_from_checkpoint is True
                 else Path(resume_from_checkpoint)
             )
-            if path is None:
-                raise FileNotFoundError(f"no checkpoint to resume from in {self.checkpoint_dir}")
-            self.load_checkpoint(path)
+            if path is not None:
+                self.load_checkpoint(path)
+            if acc.is_main_process:
+                discard_after(self.output_dir, self.step)
         if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.output_dir / "config.yaml")
+            with atomic_file(self.output_dir / "config.yaml") as tmp:
+                cfg.save(tmp)
         logger = MetricsLogger(
             self.output_dir,
             report_to=[r for r in cfg.report_to if r != "none"],
@@ -678,21 +706,3 @@ class HRPOTrainer:
             "checkpoint": last_saved,
             "output_dir": self.output_dir,
         }
-
-
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    """Complete checkpoints in ``directory``, oldest first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [
-        p
-        for p in directory.iterdir()
-        if p.name.startswith(CHECKPOINT_PREFIX) and (p / TRAINER_STATE).is_file()
-    ]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
-
-
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    found = list_checkpoints(directory)
-    return found[-1] if found else None
