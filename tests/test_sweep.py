@@ -74,6 +74,11 @@ def test_sweep_runs_summarises_skips_and_resumes(tmp_path, tiny_dir, capsys):
     table = (out / "results.md").read_text()
     assert "| grpo | hybrid=False | 2 |" in table and "| hrpo | r_min=0.95 | 2 |" in table
     assert (out / "curves.png").stat().st_size > 10_000 and (out / "heldout_accuracy.png").is_file()
+    assert (out / "mechanism.png").stat().st_size > 10_000
+    assert "(with 2 seeds against 2, p cannot go below 0.333)" in table
+    for key in ("entropy", "thinking_fraction", "input_gate", "latent_input_ratio"):
+        assert rows["hrpo"][f"final_{key}"]["mean"] > 0, key
+    assert rows["grpo"]["final_thinking_fraction"]["mean"] == 0 and rows["grpo"]["final_entropy"]["mean"] > 0
     config = yaml.safe_load((out / "hrpo" / "seed-1" / "config.yaml").read_text())
     assert config["seed"] == 1 and config["r_min"] == 0.95 and config["max_steps"] == 2
 
@@ -126,6 +131,37 @@ def test_a_second_sweep_into_the_same_directory_stops_at_once(tmp_path, tiny_dir
         "wait for it to end or stop it, then run again\n"
     )
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # no run started, no results written
+
+
+def test_smallest_p_value_is_what_the_most_extreme_split_gives():
+    from hrpo.sweep import permutation_p_value, smallest_p_value
+
+    assert smallest_p_value(3, 3) == pytest.approx(0.1) and smallest_p_value(4, 4) == pytest.approx(2 / 70)
+    assert smallest_p_value(1, 1) == 1.0 and smallest_p_value(2, 3) == pytest.approx(0.1)
+    assert smallest_p_value(0, 3) != smallest_p_value(0, 3)  # NaN
+    for n_a in range(1, 5):
+        for n_b in range(1, 5):
+            a = [10.0 + i for i in range(n_a)]  # every value above every one of b
+            b = [0.1 * i for i in range(n_b)]
+            assert permutation_p_value(a, b) == pytest.approx(smallest_p_value(n_a, n_b)), (n_a, n_b)
+
+
+def test_a_sweep_can_be_run_in_parts(tmp_path, tiny_dir, capsys):
+    path = write_sweep(tmp_path, tiny_dir)
+    assert main(["sweep", str(path), "--dry-run", "--variants", "hrpo", "--seeds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hrpo seed 1: ")
+    with pytest.raises(ConfigError, match=r"unknown variants \['grop'\] \(the file has \['grpo', 'hrpo'\]\)"):
+        load_sweep(path).select(["grop"])
+    with pytest.raises(SystemExit):
+        main(["sweep", str(path), "--seeds", "one"])
+    assert main(["sweep", str(path), "--threads", "1", "--variants", "grpo", "--seeds", "1"]) == 0
+    out = tmp_path / "out"
+    assert "1 runs to do, 0 already finished" in capsys.readouterr().out
+    assert (out / "grpo" / "seed-1" / "eval_after.json").is_file()
+    assert not (out / "grpo" / "seed-0").exists() and not (out / "hrpo").exists()
+    rows = {row["variant"]: row for row in json.loads((out / "results.json").read_text())["variants"]}
+    assert [r["seed"] for r in rows["grpo"]["runs"]] == [1] and rows["hrpo"]["runs"] == []
 
 
 def test_permutation_p_value_by_hand():

@@ -85,6 +85,10 @@ def test_a_step_moves_gate_lambda_and_lora_but_not_the_base(tmp_path, make_model
         "completion_length",
         "embeds_ratio",
         "hidden_ratio",
+        "input_gate",
+        "latent_norm_ratio",
+        "latent_input_ratio",
+        "entropy",
         "lr/lora",
         "lr/gate",
         "lr/lambda",
@@ -103,6 +107,41 @@ def test_grpo_baseline_has_no_thinking_inputs_and_a_frozen_gate(tmp_path, make_m
     metrics = tr.train_step(0)
     assert metrics["thinking_fraction"] == 0 and metrics["hidden_ratio"] == 0
     assert all(torch.equal(v, tr.model.gate.state_dict()[k]) for k, v in gate_before.items())
+
+
+def test_a_gate_forced_shut_trains_exactly_like_grpo(tmp_path, make_model, tok):
+    """The control of EXPERIMENTS.md: HRPO's whole path (hybrid rollouts, latents, thinking masks,
+    teacher forcing with the gate, its optimiser groups) with a = 1 feeds exactly the token
+    embeddings, so it must reproduce GRPO step for step. Same process, shapes and kernels: equal
+    by construction, so compared exactly. Any difference would be something besides the latent
+    (data order, RNG use, loss, clipping, optimiser) that differs between the two paths."""
+    runs = {}
+    for name, overrides in {"grpo": {"hybrid": False}, "closed": {"hybrid_mix": "closed"}}.items():
+        tr = trainer(tmp_path / name, make_model, tok, max_steps=4, temperature=0.7, **overrides)
+        steps = []
+        for step in range(4):
+            metrics = tr.train_step(step)
+            steps.append((metrics, tr._last_samples, tr.last_step["advantages"]))
+        lora = {n: p.detach().clone() for n, p in tr.model.model.named_parameters() if p.requires_grad}
+        runs[name] = (steps, lora, tr.model.gate.state_dict(), tr)
+    (grpo, grpo_lora, _, _), (closed, closed_lora, gate_after, tr) = runs["grpo"], runs["closed"]
+    assert tr.engine.config.hybrid and [g["name"] for g in tr.optimizer.param_groups] == [
+        "lora",
+        "gate",
+        "lambda",
+    ]
+    same = ("loss", "reward", "reward_std", "accuracy", "kl", "grad_norm", "completion_length", "entropy")
+    for (m_g, samples_g, adv_g), (m_c, samples_c, adv_c) in zip(grpo, closed, strict=True):
+        assert m_c["thinking_fraction"] > 0 and m_c["hidden_ratio"] == 0.0 and m_c["embeds_ratio"] == 1.0
+        assert m_c["latent_norm_ratio"] > 0 and m_c["latent_input_ratio"] == 0.0
+        assert samples_c == samples_g and torch.equal(adv_c, adv_g)
+        assert {k: m_c.get(k) for k in same} == {k: m_g.get(k) for k in same}
+    assert grpo_lora.keys() == closed_lora.keys()
+    assert all(torch.equal(grpo_lora[n], closed_lora[n]) for n in grpo_lora)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for n, v in grpo_lora.items() if "lora_B" in n)
+    # The shut gate gets no gradient, so AdamW leaves it exactly as initialised.
+    fresh = trainer(tmp_path / "fresh", make_model, tok, hybrid_mix="closed")
+    assert all(torch.equal(v, fresh.model.gate.state_dict()[k]) for k, v in gate_after.items())
 
 
 @pytest.mark.parametrize("overrides", [{"hybrid_mix": "latent_only"}, {"latent_source": "hidden_state"}])
@@ -329,3 +368,17 @@ def test_one_step_on_each_benchmark_task(tmp_path, make_model, tok, name):
     )
     metrics = tr.train_step(0)
     assert f"rewards/{name}_accuracy" in metrics and 0.0 <= metrics["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("hybrid", [True, False])
+def test_evaluation_decodes_as_the_run_trains(tmp_path, make_model, tok, monkeypatch, hybrid):
+    """Held-out accuracy before and after training is measured with the run's own decoding: hybrid
+    or not, and the τ and top-k the latent is built with (greedy tokens, same latent)."""
+    seen = []
+    monkeypatch.setattr("hrpo.trainer.evaluate", lambda model, tok_, task, rows, cfg, **kw: seen.append(cfg))
+    tr = trainer(tmp_path, make_model, tok, hybrid=hybrid, temperature=0.7, top_k=10, top_p=0.9)
+    tr.eval_dataset, tr.task = ROWS[:2], object()
+    tr.evaluate()
+    (cfg,) = seen
+    assert (cfg.hybrid, cfg.temperature, cfg.top_k, cfg.top_p) == (hybrid, 0.7, 10, 0.9)
+    assert cfg == tr.engine.config

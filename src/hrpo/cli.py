@@ -331,17 +331,47 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="CPU threads per run (OMP_NUM_THREADS; default: torch's choice)",
     )
+    p.add_argument(
+        "--variants",
+        type=_names,
+        default=None,
+        metavar="A,B",
+        help="run only these variants (comma-separated; default: all); the table still covers every "
+        "finished run, so a long sweep can be run in parts",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_int_list,
+        default=None,
+        metavar="0,1",
+        help="run only these seeds of the file (comma-separated; default: all)",
+    )
     p.add_argument("--summarize-only", action="store_true", help="only rebuild the table and plots")
     p.add_argument("--dry-run", action="store_true", help="print each run's command and exit")
     p.set_defaults(func=_cmd_sweep)
+
+
+def _names(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from hrpo.sweep import load_sweep, run_sweep, summarize, train_command
 
     sweep = load_sweep(args.sweep_file, args.output)
+    selected = sweep.select(args.variants, args.seeds)
     if args.dry_run:
-        for variant, seed in sweep.runs():
+        for variant, seed in selected:
             print(f"{variant} seed {seed}: {' '.join(train_command(sweep, variant, seed))}")
         return 0
     from hrpo.rundir import lock_run_dir
@@ -350,7 +380,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     args.held.enter_context(lock_run_dir(sweep.output_dir, command=args.command_line))
     failed = []
     if not args.summarize_only:
-        failed = [(v, s) for v, s, code in run_sweep(sweep, jobs=args.jobs, threads=args.threads) if code]
+        results = run_sweep(sweep, jobs=args.jobs, threads=args.threads, runs=selected)
+        failed = [(v, s) for v, s, code in results if code]
     summary = summarize(sweep)
     print((sweep.output_dir / "results.md").read_text(), end="")
     for path in [sweep.output_dir / "results.json", *summary.get("plots", [])]:

@@ -145,9 +145,11 @@ class HRPOConfig:
     (r_min ≤ r_max)."""
     r_max: float = 0.999
     """Upper end of the initial decay's range (see r_min)."""
-    hybrid_mix: Literal["gated", "latent_only"] = "gated"
-    """How thinking positions are fed: "gated" (HRPO) or "latent_only", the paper's
-    interpolation-only ablation (the latent alone, no token embedding)."""
+    hybrid_mix: Literal["gated", "latent_only", "closed"] = "gated"
+    """How thinking positions are fed: "gated" (HRPO); "latent_only", the paper's
+    interpolation-only ablation (the latent alone, no token embedding); or "closed", a control
+    with the gate forced shut (a = 1): HRPO's code path feeding token embeddings only, which must
+    train exactly like hybrid: false."""
     latent_source: Literal["projection", "hidden_state"] = "projection"
     """What the latent is: "projection" h = Eᵀp/‖p‖₂ (HRPO) or "hidden_state", the paper's ablation
     feeding back the decoder's last hidden state without projecting it."""

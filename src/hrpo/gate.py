@@ -14,6 +14,11 @@ recomputation and saved checkpoints all agree on them:
 
 - ``mix="latent_only"`` (interpolation only): ``e = h``, the latent replaces the token embedding
   (``a = 0``); the gate's parameters are unused.
+- ``mix="closed"`` (a control, not in the paper): the gate is forced closed, ``a = 1``, so
+  every position is fed its token embedding exactly while the rest of HRPO's path (latents,
+  thinking masks, teacher forcing, the gate's optimiser groups) runs. A run with it must train
+  exactly like plain GRPO (``hybrid: false``); if it does not, something besides the latent
+  differs between the two paths.
 - ``latent_source="hidden_state"``: the rollout stores the decoder's last hidden state instead of
   the projection ``Eᵀp/‖p‖₂``, and the gate mixes that in unprojected.
 """
@@ -28,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 GATE_EPS = 1e-8
-MIXES = ("gated", "latent_only")
+MIXES = ("gated", "latent_only", "closed")
 LATENT_SOURCES = ("projection", "hidden_state")
 
 
@@ -52,7 +57,7 @@ class HybridGate(nn.Module):
         r_max: float = 0.999,
         c: float = 8.0,
         generator: torch.Generator | None = None,
-        mix: Literal["gated", "latent_only"] = "gated",
+        mix: Literal["gated", "latent_only", "closed"] = "gated",
         latent_source: Literal["projection", "hidden_state"] = "projection",
     ) -> None:
         super().__init__()
@@ -92,14 +97,23 @@ class HybridGate(nn.Module):
             r = torch.sigmoid(self.gate_r(e))
             return torch.exp(-self.c * F.softplus(self.Lambda) * r)
 
+    def input_gate(self, token_embeds: torch.Tensor) -> torch.Tensor:
+        """``i = σ(W_i ê + b_i)`` in float32 (what :meth:`forward` scales the latent by)."""
+        with torch.autocast(device_type=token_embeds.device.type, enabled=False):
+            return torch.sigmoid(self.gate_i(token_embeds.float()))
+
     def forward(self, token_embeds: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hybrid inputs ``a ⊙ ê + sqrt(1 − a² + ε) ⊙ (i ⊙ h)`` and the decay ``a``.
 
         Returns the hybrid embeddings in ``token_embeds``'s dtype and ``a`` in float32.
         Where ``a`` is exactly 1 the latent coefficient is set to 0 instead of ``sqrt(ε)`` so
         that a closed gate reproduces the token embedding bit for bit.
-        With ``mix="latent_only"`` the result is the latent itself and ``a`` is 0.
+        With ``mix="latent_only"`` the result is the latent itself and ``a`` is 0; with
+        ``mix="closed"`` it is ``token_embeds`` itself and ``a`` is 1.
         """
+        if self.mix == "closed":
+            a = torch.ones(token_embeds.shape, dtype=torch.float32, device=token_embeds.device)
+            return token_embeds, a
         if self.mix == "latent_only":
             a = torch.zeros(token_embeds.shape, dtype=torch.float32, device=token_embeds.device)
             return latents.to(token_embeds.dtype), a

@@ -54,6 +54,13 @@ PANELS: tuple[Panel, ...] = (
     Panel("kl", "KL to reference", ("kl",)),
     Panel("completion_length", "Completion length (tokens)", ("completion_length",)),
     Panel("latent_ratios", "Latent mixing ratios", ("hidden_ratio", "embeds_ratio")),
+    Panel(
+        "latent",
+        "Gate and latent (thinking positions)",
+        ("input_gate", "latent_norm_ratio", "latent_input_ratio"),
+    ),
+    Panel("entropy", "Policy entropy (nats/token)", ("entropy",)),
+    Panel("thinking_fraction", "Share of thinking tokens", ("thinking_fraction",)),
     Panel("learning_rate", "Learning rate", ("learning_rate",), prefix="lr/", logy=True, smooth=False),
     Panel("grad_norm", "Gradient norm", ("grad_norm",)),
     Panel("rollout_tokens_per_s", "Rollout throughput (tokens/s)", ("rollout_tokens_per_s",)),

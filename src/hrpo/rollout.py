@@ -33,7 +33,7 @@ from hrpo.latent import project_latent
 from hrpo.marker import MarkerTracker
 from hrpo.model import HybridModel, position_ids_from_mask
 from hrpo.prompts import Prompt, encode_prompts
-from hrpo.sampling import restrict, sample, token_logprobs
+from hrpo.sampling import restrict, sample, token_entropy, token_logprobs
 
 StepCallback = Callable[[torch.Tensor, torch.Tensor], None]
 PROMPT_BUCKET = 64
@@ -144,6 +144,12 @@ class Rollout:
     temperature: float
     prompt_texts: list[str] = field(default_factory=list)
     completion_texts: list[str] = field(default_factory=list)
+    entropy: torch.Tensor | None = None  # (N, C) entropy of softmax(z/τ) over the vocabulary, 0 after EOS
+    # What the gate does, at thinking positions (0 elsewhere): mean of i over d, ‖h‖/‖ê‖, and
+    # ‖e − a⊙ê‖/‖ê‖, the size of what the latent adds to the fed input relative to the token embedding.
+    input_gate: torch.Tensor | None = None  # (N, C)
+    latent_norm_ratio: torch.Tensor | None = None  # (N, C)
+    latent_input_ratio: torch.Tensor | None = None  # (N, C)
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -294,6 +300,11 @@ class RolloutEngine:
         comp_mask = torch.zeros((n, max_new), dtype=torch.long, device=device)
         thinking = torch.zeros((n, max_new), dtype=torch.bool, device=device)
         logprobs = torch.zeros((n, max_new), dtype=torch.float32, device=device)
+        entropy = torch.zeros((n, max_new), dtype=torch.float32, device=device)
+        gate_stats = {
+            k: torch.zeros((n, max_new), dtype=torch.float32, device=device)
+            for k in ("input_gate", "latent_norm_ratio", "latent_input_ratio")
+        }
         embeds_ratio = torch.ones((n, max_new), dtype=torch.float32, device=device)
         hidden_ratio = torch.zeros((n, max_new), dtype=torch.float32, device=device)
         latents = torch.zeros((n, max_new, model.hidden_size), dtype=latent_dtype, device=device)
@@ -331,13 +342,14 @@ class RolloutEngine:
                     compiled = not self._compile_failed
                 else:
                     out = self._sample_and_mix(*args)
-                tok, lp, embeds, mixed, h, a = out
+                tok, lp, ent, embeds, mixed, h, a, stats = out
                 running = ~finished
                 is_eos = torch.isin(tok, eos_ids) & running
                 state = marker.step(state, tok)
                 completion[rows, t] = tok
                 comp_mask[rows, t] = running.long()
                 logprobs[rows, t] = lp * running
+                entropy[rows, t] = ent * running
 
                 if cfg.hybrid:
                     think = running & ~marker.seen(state) & ~is_eos
@@ -346,6 +358,8 @@ class RolloutEngine:
                     latents[rows, t] = h * think[:, None]
                     embeds_ratio[rows, t] = torch.where(think, a.mean(-1), 1.0)
                     hidden_ratio[rows, t] = torch.where(think, torch.sqrt(1 - a * a).mean(-1), 0.0)
+                    for k, v in stats.items():
+                        gate_stats[k][rows, t] = v * think
                 if on_step is not None:
                     on_step(completion[:, t].cpu(), comp_mask[:, t].bool().cpu())
                 finished |= is_eos
@@ -401,13 +415,16 @@ class RolloutEngine:
             group_ids=torch.arange(n, device=device),
             temperature=cfg.temperature,
             completion_texts=texts,
+            entropy=entropy[:, :steps],
+            **({k: v[:, :steps] for k, v in gate_stats.items()} if cfg.hybrid else {}),
         )
 
     def _sample_and_mix(
         self, logits: torch.Tensor, noise: torch.Tensor | None, finished: torch.Tensor, hidden: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        """One step's token work, after the decoder: restrict, sample (or argmax), log-prob, and the
-        next input's pieces: token embedding, latent ``h`` and the gate's mix ``(mixed, a)``.
+        """One step's token work, after the decoder: restrict, sample (or argmax), log-prob, the
+        policy's entropy at τ, and the next input's pieces: token embedding, latent ``h``, the
+        gate's mix ``(mixed, a)`` and per-row statistics of what the gate did.
 
         A pure function of tensors, so the compiled backend fuses it into a few kernels; the
         marker automaton and the bookkeeping stay outside. ``mixed``, ``h`` and ``a`` are None
@@ -418,16 +435,24 @@ class RolloutEngine:
         tok = sample(support, noise=noise) if noise is not None else logits.argmax(dim=-1)
         tok = tok.masked_fill(finished, self.pad_id)
         lp = token_logprobs(logits, tok, cfg.temperature)
+        ent = token_entropy(logits, cfg.temperature)
         embeds = model.embed_tokens(tok)
         if not cfg.hybrid:
-            return tok, lp, embeds, None, None, None
+            return tok, lp, ent, embeds, None, None, None, None
         if model.gate.latent_source == "hidden_state":
             h = hidden
         else:
             h = project_latent(support, model.get_embedding_weight(), model.embed_scale)
         h = h.to(cfg.latent_dtype or model.dtype)
         mixed, a = model.gate(embeds, h)
-        return tok, lp, embeds, mixed, h, a
+        e = embeds.float()
+        e_norm = e.norm(dim=-1).clamp_min(1e-12)
+        stats = {
+            "input_gate": model.gate.input_gate(embeds).mean(-1),
+            "latent_norm_ratio": h.float().norm(dim=-1) / e_norm,
+            "latent_input_ratio": (mixed.float() - a * e).norm(dim=-1) / e_norm,
+        }
+        return tok, lp, ent, embeds, mixed, h, a, stats
 
     def _compiled_sample_and_mix(self) -> Callable:
         """The compiled token step (plain ``torch.compile``: small ops fused, no CUDA graphs)."""
@@ -540,6 +565,11 @@ def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
         embeds_ratio=cat("embeds_ratio", c, 1.0, False),
         hidden_ratio=cat("hidden_ratio", c, 0.0, False),
         logprobs=cat("logprobs", c, 0.0, False),
+        **{
+            name: cat(name, c, 0.0, False)
+            for name in ("entropy", "input_gate", "latent_norm_ratio", "latent_input_ratio")
+            if all(getattr(r, name) is not None for r in rollouts)
+        },
         group_ids=torch.cat([r.group_ids + o for r, o in zip(rollouts, offsets, strict=True)]),
         temperature=rollouts[0].temperature,
         prompt_texts=[t for r in rollouts for t in r.prompt_texts],

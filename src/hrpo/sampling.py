@@ -86,3 +86,11 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     scaled = logits.float() / temperature
     picked = scaled.gather(-1, tokens[..., None]).squeeze(-1)
     return picked - torch.logsumexp(scaled, dim=-1)
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy ``−Σ p log p`` of ``softmax(logits / temperature)`` over the full vocabulary, in
+    float32 (TRL's ``entropy`` metric: the policy's, not the top-k/top-p sampler's)."""
+    scaled = logits.float() / temperature
+    logp = torch.log_softmax(scaled, dim=-1)
+    return -(logp.exp() * logp).sum(-1)

@@ -52,12 +52,31 @@ CURVES_PNG = "curves.png"
 ACCURACY_PNG = "heldout_accuracy.png"
 # Training metrics averaged over each run's last steps for the table (per-step values of a few
 # dozen completions are too noisy to read one step).
-TAIL_METRICS = ("reward", "accuracy", "hidden_ratio", "completion_length")
+TAIL_METRICS = (
+    "reward",
+    "accuracy",
+    "hidden_ratio",
+    "completion_length",
+    "entropy",
+    "thinking_fraction",
+    "input_gate",
+    "latent_input_ratio",
+)
 CURVE_METRICS = (
     ("reward", "Training reward"),
     ("accuracy", "Training accuracy"),
     ("hidden_ratio", "Hidden ratio"),
     ("completion_length", "Completion length (tokens)"),
+)
+MECHANISM_PNG = "mechanism.png"
+# What the hybrid mechanism does per step (see HRPOTrainer's metrics).
+MECHANISM_METRICS = (
+    ("embeds_ratio", "Embeds ratio: mean a"),
+    ("input_gate", "Input gate: mean i"),
+    ("latent_norm_ratio", "Latent norm ‖h‖ / ‖ê‖"),
+    ("latent_input_ratio", "Latent's share of the input ‖e − a⊙ê‖ / ‖ê‖"),
+    ("entropy", "Policy entropy (nats per token)"),
+    ("thinking_fraction", "Share of thinking tokens"),
 )
 
 
@@ -89,6 +108,20 @@ class Sweep:
     def runs(self) -> list[tuple[str, int]]:
         """Seed-major order: a sweep cut short still has every variant at its first seeds."""
         return [(v, s) for s in self.seeds for v in self.variants]
+
+    def select(
+        self, variants: list[str] | None = None, seeds: list[int] | None = None
+    ) -> list[tuple[str, int]]:
+        """:meth:`runs` restricted to some variants and/or seeds (None: all); unknown names are an error."""
+        for name, wanted, known in (("variant", variants, list(self.variants)), ("seed", seeds, self.seeds)):
+            unknown = [w for w in wanted or [] if w not in known]
+            if unknown:
+                raise ConfigError(f"sweep {self.name!r}: unknown {name}s {unknown} (the file has {known})")
+        return [
+            (v, s)
+            for v, s in self.runs()
+            if (variants is None or v in variants) and (seeds is None or s in seeds)
+        ]
 
 
 def load_sweep(path: str | Path, output_dir: str | Path | None = None) -> Sweep:
@@ -154,23 +187,33 @@ def run_sweep(
     jobs: int = 1,
     threads: int | None = None,
     log: Callable[[str], None] | None = None,
+    runs: list[tuple[str, int]] | None = None,
 ) -> list[tuple[str, int, int]]:
     """Run every unfinished run, ``jobs`` at a time; return ``(variant, seed, exit code)`` of those run.
+
+    ``runs`` limits this call to some ``(variant, seed)`` pairs (see :meth:`Sweep.select`), so a
+    long sweep can be run in parts; the summary always covers every finished run.
 
     ``threads`` sets each run's intra-op threads (``OMP_NUM_THREADS``); on a small CPU, two jobs
     of one thread each use the cores better than one job of two for a small model. Holds the
     output directory's lock meanwhile (:class:`hrpo.rundir.RunDirectoryInUse` if another sweep does).
     """
     with lock_run_dir(sweep.output_dir):
-        return _run_sweep(sweep, jobs=jobs, threads=threads, log=log)
+        return _run_sweep(sweep, jobs=jobs, threads=threads, log=log, runs=runs)
 
 
 def _run_sweep(
-    sweep: Sweep, *, jobs: int, threads: int | None, log: Callable[[str], None] | None
+    sweep: Sweep,
+    *,
+    jobs: int,
+    threads: int | None,
+    log: Callable[[str], None] | None,
+    runs: list[tuple[str, int]] | None,
 ) -> list[tuple[str, int, int]]:
     log = log or functools.partial(print, flush=True)  # flushed: a sweep's log is usually a file
-    pending = [(v, s) for v, s in sweep.runs() if not is_finished(sweep.run_dir(v, s))]
-    done = len(sweep.runs()) - len(pending)
+    runs = sweep.runs() if runs is None else runs
+    pending = [(v, s) for v, s in runs if not is_finished(sweep.run_dir(v, s))]
+    done = len(runs) - len(pending)
     log(f"sweep {sweep.name}: {len(pending)} runs to do, {done} already finished, in {sweep.output_dir}")
     env = dict(os.environ)
     if threads is not None:
@@ -216,8 +259,8 @@ def permutation_p_value(a: list[float], b: list[float]) -> float:
 
     Every way of splitting the pooled values into groups of ``len(a)`` and ``len(b)`` is tried;
     the p-value is the share of splits whose |mean difference| is at least the observed one.
-    With 3 runs against 3 the smallest possible p-value is 0.1: three seeds can show a large
-    effect, not a significant one.
+    It cannot go below :func:`smallest_p_value` (0.1 with 3 runs against 3): a few seeds can
+    show a large effect, not always a significant one.
     """
     if not a or not b:
         return math.nan
@@ -231,6 +274,18 @@ def permutation_p_value(a: list[float], b: list[float]) -> float:
         hits += abs(float(np.mean(x)) - float(np.mean(y))) >= observed - 1e-12
         total += 1
     return hits / total
+
+
+def smallest_p_value(n_a: int, n_b: int) -> float:
+    """The smallest p-value :func:`permutation_p_value` can return for samples of these sizes.
+
+    With distinct values only the most extreme split reaches the largest |mean difference|; with
+    equal sizes its mirror image (the groups swapped) does too. So 2/C(n_a+n_b, n_a) for equal
+    sizes (3 vs 3: 0.1, 4 vs 4: 0.029), 1/C(n_a+n_b, n_a) otherwise; NaN if a sample is empty.
+    """
+    if n_a < 1 or n_b < 1:
+        return math.nan
+    return min(1.0, (2 if n_a == n_b else 1) / math.comb(n_a + n_b, n_a))
 
 
 def _run_record(sweep: Sweep, variant: str, seed: int) -> dict[str, Any] | None:
@@ -286,6 +341,7 @@ def _summarize(sweep: Sweep, *, plots: bool) -> dict[str, Any]:
     for row in rows[1:]:
         after = [r["accuracy_after"] for r in row["runs"]]
         row["p_vs_baseline"] = permutation_p_value(after, base_after)
+        row["smallest_p"] = smallest_p_value(len(after), len(base_after))
     summary = {
         "name": sweep.name,
         "seeds": sweep.seeds,
@@ -331,9 +387,17 @@ def markdown_table(summary: dict[str, Any]) -> str:
             f"{_pm(row['final_reward'])} | {_pm(row['final_accuracy'])} | "
             f"{_pm(row['final_hidden_ratio'])} | {_pm(row['final_completion_length'], 1)} | {per_seed} |"
         )
+    floors = sorted(
+        {
+            (len(row["runs"]), len(summary["variants"][0]["runs"]), row["smallest_p"])
+            for row in summary["variants"][1:]
+            if not math.isnan(row.get("smallest_p", math.nan))
+        }
+    )
+    floor = "; ".join(f"with {a} seeds against {b}, p cannot go below {p:.3f}" for a, b, p in floors)
     note = (
         f"\nMean ± sample std over seeds. p: exact two-sided permutation test of the after-training "
-        f"accuracies against {base}'s (with 3 seeds against 3, p cannot go below 0.10).\n"
+        f"accuracies against {base}'s" + (f" ({floor})" if floor else "") + ".\n"
     )
     return "\n".join(lines) + "\n" + note
 
@@ -356,12 +420,48 @@ def plot_sweep(sweep: Sweep, rows: list[dict[str, Any]]) -> list[Path]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from hrpo.plotting import _save
+
+    written = [
+        _plot_curves(sweep, rows, CURVE_METRICS, 2, sweep.output_dir / CURVES_PNG),
+        _plot_curves(sweep, rows, MECHANISM_METRICS, 3, sweep.output_dir / MECHANISM_PNG),
+    ]
+
+    fig = Figure(figsize=(1.6 * len(rows) + 3, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    for k, (key, label) in enumerate((("accuracy_before", "before"), ("accuracy_after", "after"))):
+        means = [row[key]["mean"] for row in rows]
+        stds = [row[key]["std"] for row in rows]
+        ax.bar(x + (k - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=4, label=label, color=f"C{k}")
+        for j, row in enumerate(rows):  # the seeds themselves, so n=3 is not hidden behind a bar
+            vals = [r[key] for r in row["runs"] if r[key] is not None]
+            ax.scatter([x[j] + (k - 0.5) * 0.38] * len(vals), vals, color="black", s=8, zorder=3)
+    ax.set_xticks(x, [row["variant"] for row in rows], fontsize=8)
+    ax.set_ylabel("held-out accuracy (greedy)")
+    ax.set_ylim(0, 1)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{sweep.name}: held-out accuracy before and after training (mean ± std, dots: seeds)")
+    written.append(_save(fig, sweep.output_dir / ACCURACY_PNG))
+    return written
+
+
+def _plot_curves(
+    sweep: Sweep, rows: list[dict[str, Any]], metrics: tuple[tuple[str, str], ...], columns: int, path: Path
+) -> Path:
+    """One panel per metric: each variant's mean ± std over seeds, smoothed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     from hrpo.plotting import _save, _window, moving_average
 
-    fig = Figure(figsize=(11, 7.4), layout="constrained")
+    n_rows = -(-len(metrics) // columns)
+    fig = Figure(figsize=(5.5 * columns, 3.7 * n_rows), layout="constrained")
     FigureCanvasAgg(fig)
-    for i, (key, title) in enumerate(CURVE_METRICS):
-        ax = fig.add_subplot(2, 2, i + 1)
+    for i, (key, title) in enumerate(metrics):
+        ax = fig.add_subplot(n_rows, columns, i + 1)
         for j, row in enumerate(rows):
             dirs = [Path(r["run_dir"]) for r in row["runs"]]
             if not dirs:
@@ -383,24 +483,4 @@ def plot_sweep(sweep: Sweep, rows: list[dict[str, Any]]) -> list[Path]:
         if i == 0 and ax.get_legend_handles_labels()[1]:
             ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{sweep.name}: mean ± std over seeds (moving average)")
-    written = [_save(fig, sweep.output_dir / CURVES_PNG)]
-
-    fig = Figure(figsize=(1.6 * len(rows) + 3, 4), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    x = np.arange(len(rows))
-    for k, (key, label) in enumerate((("accuracy_before", "before"), ("accuracy_after", "after"))):
-        means = [row[key]["mean"] for row in rows]
-        stds = [row[key]["std"] for row in rows]
-        ax.bar(x + (k - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=4, label=label, color=f"C{k}")
-        for j, row in enumerate(rows):  # the seeds themselves, so n=3 is not hidden behind a bar
-            vals = [r[key] for r in row["runs"] if r[key] is not None]
-            ax.scatter([x[j] + (k - 0.5) * 0.38] * len(vals), vals, color="black", s=8, zorder=3)
-    ax.set_xticks(x, [row["variant"] for row in rows], fontsize=8)
-    ax.set_ylabel("held-out accuracy (greedy)")
-    ax.set_ylim(0, 1)
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"{sweep.name}: held-out accuracy before and after training (mean ± std, dots: seeds)")
-    written.append(_save(fig, sweep.output_dir / ACCURACY_PNG))
-    return written
+    return _save(fig, path)

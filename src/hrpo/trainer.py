@@ -507,16 +507,23 @@ class HRPOTrainer:
         think = ro.thinking_mask.float()
         n_think = float(acc.gather(think.sum().reshape(1).to(device)).sum())
         metrics["thinking_fraction"] = n_think / all_tokens
-        metrics["embeds_ratio"] = (
-            float(acc.gather((ro.embeds_ratio * think).sum().reshape(1).to(device)).sum()) / n_think
-            if n_think
-            else 1.0
-        )
-        metrics["hidden_ratio"] = (
-            float(acc.gather((ro.hidden_ratio * think).sum().reshape(1).to(device)).sum()) / n_think
-            if n_think
-            else 0.0
-        )
+
+        def think_mean(x: torch.Tensor | None, default: float) -> float:
+            """Mean of a per-position statistic over every process's thinking positions."""
+            if x is None or not n_think:
+                return default
+            return float(acc.gather((x * think).sum().reshape(1).to(device)).sum()) / n_think
+
+        # What the hybrid mechanism does (spec §2): a, sqrt(1 − a²), i, and how large the latent
+        # and its contribution to the fed input are relative to the token embedding.
+        metrics["embeds_ratio"] = think_mean(ro.embeds_ratio, 1.0)
+        metrics["hidden_ratio"] = think_mean(ro.hidden_ratio, 0.0)
+        metrics["input_gate"] = think_mean(ro.input_gate, 0.0)
+        metrics["latent_norm_ratio"] = think_mean(ro.latent_norm_ratio, 0.0)
+        metrics["latent_input_ratio"] = think_mean(ro.latent_input_ratio, 0.0)
+        if ro.entropy is not None:
+            ent = float(acc.gather((ro.entropy * ro.completion_mask).sum().reshape(1).to(device)).sum())
+            metrics["entropy"] = ent / all_tokens
         for group in self.optimizer.param_groups:
             metrics[f"lr/{group['name']}"] = group["lr"]
         metrics["grad_norm"] = grad_norm
