@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from hrpo.marker import find_markers
 from hrpo.model import HybridModel
 from hrpo.rollout import RolloutConfig, RolloutEngine
-from hrpo.storage import atomic_write_text
+from hrpo.storage import read_jsonl
 
 # Row columns that name a group for per-group accuracy (MMLU subjects, QA source data sets).
 GROUP_COLUMNS = ("subject", "dataset")
@@ -81,28 +81,16 @@ def _group(row: dict[str, Any]) -> str | None:
 
 
 def _read_predictions(path: Path, num_samples: int) -> dict[tuple[int, int], dict[str, Any]]:
-    """Predictions already written to ``path``, keyed by (problem index, sample index).
-
-    A last line cut short by an interruption is dropped from the file, so that appending
-    continues on a fresh line; a bad line anywhere else is an error.
-    """
+    """Predictions already written to ``path``, keyed by (problem index, sample index); a half
+    last line left by an interruption is cut (:func:`hrpo.storage.read_jsonl`)."""
     done: dict[tuple[int, int], dict[str, Any]] = {}
     if not path.is_file():
         return done
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for lineno, rec in enumerate(read_jsonl(path, repair=True, what="prediction record"), 1):
         try:
-            rec = json.loads(line)
             key = (int(rec["index"]), int(rec["sample"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            if any(rest.strip() for rest in lines[lineno:]):
-                raise ValueError(
-                    f"{path}:{lineno}: not a prediction record; delete the file to start over"
-                ) from exc
-            atomic_write_text(path, "".join(f"{kept}\n" for kept in lines[: lineno - 1]))
-            break
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{path}: record {lineno} is not a prediction record; delete the file") from None
         if key[1] < num_samples:
             done[key] = rec
     return done

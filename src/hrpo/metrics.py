@@ -13,16 +13,13 @@ import importlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import uuid
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
-from hrpo.storage import atomic_write_text
+from hrpo.storage import atomic_write_text, read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -92,28 +89,6 @@ def _import_backend(name: str, module: str) -> Any:
         ) from exc
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of ``path`` up to the first corrupt line (warned about: a killed writer's half line)."""
-    records: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                warnings.warn(
-                    f"{path}: line {lineno} is corrupt ({exc}); using the {len(records)} records before it",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                break
-            records.append(record)
-    return records
-
-
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """Records of ``run_dir/metrics.jsonl`` (or of the given ``.jsonl`` file); null values stay None."""
     path = Path(run_dir)
@@ -121,25 +96,14 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         path = path / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no metrics file at {path}")
-    return _read_jsonl(path)
+    return read_jsonl(path)
 
 
 def _truncate_after(path: Path, step: int) -> None:
     """Atomically drop the records of ``path`` logged after ``step`` (and any corrupt tail)."""
-    if not path.exists():
-        return
-    kept = [r for r in _read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= step]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.writelines(_dumps(r) + "\n" for r in kept)
-            fh.flush()
-            os.fsync(fh.fileno())
-        shutil.copymode(path, tmp)  # mkstemp creates 0600; keep the original permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if path.exists():
+        kept = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= step]
+        atomic_write_text(path, "".join(_dumps(r) + "\n" for r in kept))
 
 
 class MetricsLogger:

@@ -46,6 +46,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from hrpo.metrics import METRICS_FILE, SAMPLES_FILE, WANDB_ID_FILE
-from hrpo.storage import atomic_remove, clean_leftovers
+from hrpo.storage import atomic_remove, clean_leftovers, read_jsonl
 
 LOCK_FILE = ".hrpo.lock"
 CHECKPOINTS = "checkpoints"
@@ -133,16 +134,14 @@ def checkpoint_step(path: str | Path) -> int | None:
 
 
 def _last_step(metrics: Path) -> int | None:
-    last = None
-    with metrics.open(encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            try:
-                step = json.loads(line).get("step")
-            except (ValueError, AttributeError):
-                continue  # a killed writer's half line: describing, not reading
-            if isinstance(step, int):
-                last = step
-    return last
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # describing a run, not reading it: a torn tail is fine
+        try:
+            records = read_jsonl(metrics)
+        except ValueError:
+            return None
+    steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
+    return steps[-1] if steps else None
 
 
 def run_contents(path: str | Path) -> list[str]:

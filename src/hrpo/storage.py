@@ -6,18 +6,26 @@ renamed to ``.NAME.del-XXXX``. A process killed at any moment (SIGKILL, power cu
 therefore leaves either the old or the new complete ``NAME``, plus perhaps such leftovers, which
 :func:`clean_leftovers` resolves: temporaries and deletions are removed, and a moved-aside old
 directory whose ``NAME`` is missing (killed between the two renames) is put back.
+
+JSON-lines files that hrpo appends to (metrics, samples, predictions) are read by one rule,
+:func:`read_jsonl`: a damaged *last* line is what a writer killed mid-line leaves, so it is dropped
+with a warning (and cut from the file before appending continues); a damaged line anywhere else
+cannot come from a kill and is an error naming the file and line.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # ".NAME.tmp-XXXX" (mkstemp/mkdtemp suffixes), ".NAME.old-XXXX", ".NAME.del-XXXX".
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|del)-[A-Za-z0-9_]+$")
@@ -77,8 +85,45 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())  # the rename must not reach the disk before the data
+
+
+def read_jsonl(path: str | Path, *, repair: bool = False, what: str = "JSON object") -> list[dict[str, Any]]:
+    """The JSON-object lines of ``path``, by the module's rule for damaged lines.
+
+    A damaged last line (a killed writer's half line) is dropped with a :class:`RuntimeWarning`;
+    with ``repair`` it is also cut from the file, so that appending continues on a fresh line.
+    A damaged line followed by others raises :class:`ValueError` naming ``path:line``.
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records: list[dict[str, Any]] = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if any(rest.strip() for rest in lines[lineno:]):
+                raise ValueError(
+                    f"{path}:{lineno}: not a {what} ({exc}); the file is damaged: repair or delete it"
+                ) from None
+            warnings.warn(
+                f"{path}: line {lineno} is corrupt ({exc}), the half line of an interrupted write; "
+                f"using the {len(records)} records before it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            if repair:
+                atomic_write_text(path, "".join(f"{kept}\n" for kept in lines[: lineno - 1]))
+            break
+        records.append(record)
+    return records
 
 
 def atomic_remove(path: str | Path) -> None:
