@@ -81,7 +81,7 @@ def main() -> None:
         )
         steps = []
         for step in range(args.steps):
-            m = trainer.train_step(step)
+            _, m = trainer.train_step(step)
             steps.append(
                 {
                     k: m[k]

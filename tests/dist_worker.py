@@ -60,7 +60,7 @@ def main() -> None:
         progress=False,
     )
     rows_used = [r["row"] for r in trainer.step_rows(0)]
-    trainer.train_step(0)
+    batch, _ = trainer.train_step(0)
     acc = trainer.accelerator
     params = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     torch.save(
@@ -69,7 +69,9 @@ def main() -> None:
             "rank": acc.process_index,
             "rows": rows_used,
             "distributed_type": str(acc.distributed_type),
-            **trainer.last_step,
+            "rewards": batch.all_rewards.cpu(),
+            "advantages": batch.all_advantages.cpu(),
+            "group_ids": batch.rollout.group_ids.cpu(),
             "params": params,
         },
         out / f"rank{acc.process_index}.pt",

@@ -20,6 +20,7 @@ from torch.distributed.fsdp import fully_shard
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from hrpo import checkpoint  # noqa: E402
 from hrpo.distributed import (  # noqa: E402
     end_process_group,
     full_optimizer_state,
@@ -121,14 +122,14 @@ def main() -> None:
     weights = hm.trainable_state()
     if rank == 0:
         ckpt.mkdir()
-        hm.write_to(ckpt, weights)
+        checkpoint.write_model(ckpt, hm, weights)
         torch.save(sharded_state, ckpt / "optimizer.pt")
     dist.barrier()
     for _n, p in hm.named_parameters():
         if p.requires_grad:
             load_full_(p, full_tensor(p.detach()) + 1.0)
     scrambled = trainable(hm)
-    hm.load_trainable_state(ckpt)
+    checkpoint.load_model_state(hm, ckpt)
     restored = trainable(hm)
     opt = adam(hm)
     load_optimizer_state(opt, torch.load(ckpt / "optimizer.pt", weights_only=False))

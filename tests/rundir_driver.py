@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+import hrpo.checkpoint
 import hrpo.cli
 import hrpo.evaluation
 import hrpo.metrics
@@ -91,13 +92,13 @@ def _install(point: str, n: int, hang: list | None) -> None:
 
         torch.save = patched_save
     elif point == "before-prune":
-        prune = hrpo.trainer.HRPOTrainer._prune_checkpoints
+        prune = hrpo.checkpoint.prune_checkpoints
 
-        def patched_prune(self):
+        def patched_prune(directory, limit):
             reached()
-            return prune(self)
+            return prune(directory, limit)
 
-        hrpo.trainer.HRPOTrainer._prune_checkpoints = patched_prune
+        hrpo.checkpoint.prune_checkpoints = patched_prune
     elif point == "replace-aside":
         replace = os.replace
 

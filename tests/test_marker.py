@@ -575,7 +575,7 @@ def test_trainer_logs_multiple_and_heading_markers(tmp_path, make_model):
     )
     force_tokens(tr.model, seqs, fill=TOK.eos_token_id)  # the engine's model
     assert tr.engine.config.ignore_marker_headings
-    metrics = tr.train_step(0)
+    _, metrics = tr.train_step(0)
     assert metrics["multiple_markers"] == pytest.approx(0.25)  # "#### 1 #### 2"
     assert metrics["heading_markers"] == pytest.approx(0.25)  # "#### Step 1 …"
     assert metrics["rewards/arithmetic_accuracy"] == pytest.approx(0.25)  # the heading one: 5

@@ -3,7 +3,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from hrpo import HybridModel, RolloutConfig, RolloutEngine
-from hrpo.model import GATE_WEIGHTS
+from hrpo.checkpoint import GATE_WEIGHTS
 from hrpo.storage import atomic_directory
 
 PROMPTS = ["what is 3 + 4 ?", "apples and pears total each has gives left so we get 5 + 9 = ?", "so 1 + 1"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from hrpo.checkpoint import list_checkpoints
 from hrpo.cli import main
 from hrpo.rundir import (
     LOCK_FILE,
@@ -20,7 +21,6 @@ from hrpo.rundir import (
     RunDirectoryInUse,
     hold_run_dir,
     holds_run,
-    list_checkpoints,
     lock_run_dir,
     run_contents,
 )
@@ -211,7 +211,9 @@ def test_python_api_refuses_too_and_overwrite_replaces_the_whole_run(tmp_path, m
 
     trainer(overwrite_output_dir=True).train()
     names = sorted(p.name for p in out.iterdir())
-    assert names == [LOCK_FILE, "checkpoints", "config.yaml", "metrics.jsonl", "notes.txt"]
+    # The same run directory as `hrpo train` writes: the old plots were deleted, new ones drawn.
+    assert names == [LOCK_FILE, "checkpoints", "config.yaml", "metrics.jsonl", "notes.txt", "plots"]
+    assert not (out / "plots" / "old.png").exists() and any((out / "plots").glob("*.png"))
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000001", "step-000002"]
 

@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
+from hrpo.checkpoint import latest_checkpoint
 from hrpo.config import HRPOConfig
 from hrpo.reward import RewardFunctionError
-from hrpo.trainer import HRPOTrainer, TrainingInterrupted, latest_checkpoint
+from hrpo.trainer import HRPOTrainer, TrainingInterrupted
 
 ROWS = [{"prompt": f"what is {i} + {i + 1} ?", "answer": str(2 * i + 1)} for i in range(24)]
 
@@ -70,8 +71,8 @@ def test_parameter_groups_have_their_own_learning_rates(tmp_path, make_model, to
 def test_a_step_moves_gate_lambda_and_lora_but_not_the_base(tmp_path, make_model, tok):
     tr = trainer(tmp_path, make_model, tok)
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
-    metrics = tr.train_step(0)
-    assert tr.last_step["advantages"].abs().sum() > 0
+    batch, metrics = tr.train_step(0)
+    assert batch.all_advantages.abs().sum() > 0
     changed = {n for n, p in tr.model.named_parameters() if not torch.equal(p, before[n])}
     assert "gate.Lambda" in changed and "gate.gate_r.weight" in changed and "gate.gate_i.weight" in changed
     assert any("lora_B" in n for n in changed) and any("lora_A" in n for n in changed)
@@ -104,7 +105,7 @@ def test_grpo_baseline_has_no_thinking_inputs_and_a_frozen_gate(tmp_path, make_m
     tr = trainer(tmp_path, make_model, tok, hybrid=False)
     assert [g["name"] for g in tr.optimizer.param_groups] == ["lora"]
     gate_before = {k: v.clone() for k, v in tr.model.gate.state_dict().items()}
-    metrics = tr.train_step(0)
+    _, metrics = tr.train_step(0)
     assert metrics["thinking_fraction"] == 0 and metrics["hidden_ratio"] == 0
     assert all(torch.equal(v, tr.model.gate.state_dict()[k]) for k, v in gate_before.items())
 
@@ -120,8 +121,8 @@ def test_a_gate_forced_shut_trains_exactly_like_grpo(tmp_path, make_model, tok):
         tr = trainer(tmp_path / name, make_model, tok, max_steps=4, temperature=0.7, **overrides)
         steps = []
         for step in range(4):
-            metrics = tr.train_step(step)
-            steps.append((metrics, tr._last_samples, tr.last_step["advantages"]))
+            batch, metrics = tr.train_step(step)
+            steps.append((metrics, batch.samples(tr.config.num_generations), batch.all_advantages))
         lora = {n: p.detach().clone() for n, p in tr.model.model.named_parameters() if p.requires_grad}
         runs[name] = (steps, lora, tr.model.gate.state_dict(), tr)
     (grpo, grpo_lora, _, _), (closed, closed_lora, gate_after, tr) = runs["grpo"], runs["closed"]
@@ -151,7 +152,7 @@ def test_ablations_train(tmp_path, make_model, tok, overrides):
         overrides.get("hybrid_mix", "gated"),
         overrides.get("latent_source", "projection"),
     )
-    metrics = tr.train_step(0)
+    _, metrics = tr.train_step(0)
     assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["thinking_fraction"] > 0
     if "hybrid_mix" in overrides:  # the latent alone: all hidden, and the gate is not in the graph
         assert metrics["hidden_ratio"] == 1.0
@@ -164,7 +165,7 @@ def test_compiled_rollout_backend_trains_like_the_eager_one(tmp_path, make_model
     torch._dynamo.reset()
     eager = trainer(tmp_path / "e", make_model, tok, max_steps=2)
     compiled = trainer(tmp_path / "c", make_model, tok, max_steps=2, rollout_backend="compiled")
-    assert compiled.rollout_config().backend == "compiled" and compiled.rollout_config().cache == "static"
+    assert compiled.engine.config.backend == "compiled" and compiled.engine.config.cache == "static"
     # The compiled step's fused kernels round differently: its rollouts equal the eager ones up to
     # near ties (tests/invariance.py), and where the tokens are the same, so is the update.
     from hrpo.trainer import _seed_for
@@ -173,12 +174,12 @@ def test_compiled_rollout_backend_trains_like_the_eager_one(tmp_path, make_model
     for step in range(2):
         rows = eager.step_rows(step)
         ro_e, ro_c = eager.generate_rollouts(step, rows), compiled.generate_rollouts(step, rows)
-        cfg = compiled.rollout_config()
+        cfg = compiled.engine.config
         seed = _seed_for(0, step, 0)
         agreed = assert_same_until_near_ties(eager.model, ro_e, ro_c, cfg, seed=seed, atol=1e-3, tie=2e-3)
         assert agreed.compared >= len(ro_e)
         assert_teacher_forced_parity(compiled.model, ro_c, cfg)
-        a, b = eager.train_step(step), compiled.train_step(step)
+        (_, a), (_, b) = eager.train_step(step), compiled.train_step(step)
         assert all(map(math.isfinite, (a["loss"], b["loss"], a["grad_norm"], b["grad_norm"])))
         if not torch.equal(ro_e.completion_ids, ro_c.completion_ids):
             break  # a near tie went the other way: the two models now differ by a whole update
@@ -189,7 +190,7 @@ def test_compiled_rollout_backend_trains_like_the_eager_one(tmp_path, make_model
 @pytest.mark.parametrize("loss_type", ["dr_grpo", "dapo"])
 def test_other_loss_types_and_reused_rollouts_train(tmp_path, make_model, tok, loss_type):
     tr = trainer(tmp_path, make_model, tok, loss_type=loss_type, num_iterations=2, epsilon_high=0.28)
-    metrics = tr.train_step(0)
+    _, metrics = tr.train_step(0)
     assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["clip_ratio"] >= 0
 
 
@@ -277,10 +278,10 @@ def test_full_fine_tuning_uses_a_frozen_reference_copy(tmp_path, make_model, tok
     tr = trainer(tmp_path, make_model, tok, use_lora=False, beta=0.1, learning_rate=1e-3)
     assert tr.ref_model is not None and not any(p.requires_grad for p in tr.ref_model.parameters())
     embed_before = tr.model.model.get_input_embeddings().weight.detach().clone()
-    ref_before = tr.ref_model.get_input_embeddings().weight.detach().clone()
-    metrics = tr.train_step(0)
+    ref_before = tr.ref_model.model.get_input_embeddings().weight.detach().clone()
+    _, metrics = tr.train_step(0)
     assert not torch.equal(tr.model.model.get_input_embeddings().weight, embed_before)
-    assert torch.equal(tr.ref_model.get_input_embeddings().weight, ref_before)
+    assert torch.equal(tr.ref_model.model.get_input_embeddings().weight, ref_before)
     assert metrics["kl"] >= 0 and "lr/model" in metrics
 
 
@@ -298,7 +299,7 @@ def test_bfloat16_model_trains_with_a_float32_gate(tmp_path, tok):
     )
     assert tr.model.gate.Lambda.dtype == torch.float32
     lam = tr.model.gate.Lambda.detach().clone()
-    metrics = tr.train_step(0)
+    _, metrics = tr.train_step(0)
     assert all(v == v for v in metrics.values())  # no NaN
     assert not torch.equal(tr.model.gate.Lambda, lam)
 
@@ -308,7 +309,7 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path, make_model, tok)
     ckpt = trainer(tmp_path / "b", make_model, tok, gradient_checkpointing=True)
     base = ckpt.model.model.get_base_model()
     assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing
-    m1, m2 = plain.train_step(0), ckpt.train_step(0)
+    (_, m1), (_, m2) = plain.train_step(0), ckpt.train_step(0)
     assert m1["reward"] == m2["reward"] and abs(m1["grad_norm"] - m2["grad_norm"]) < 1e-5
     for (n, p), q in zip(plain.model.named_parameters(), ckpt.model.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), n
@@ -366,7 +367,7 @@ def test_one_step_on_each_benchmark_task(tmp_path, make_model, tok, name):
         tokenizer=tok,
         progress=False,
     )
-    metrics = tr.train_step(0)
+    _, metrics = tr.train_step(0)
     assert f"rewards/{name}_accuracy" in metrics and 0.0 <= metrics["accuracy"] <= 1.0
 
 
@@ -382,3 +383,27 @@ def test_evaluation_decodes_as_the_run_trains(tmp_path, make_model, tok, monkeyp
     (cfg,) = seen
     assert (cfg.hybrid, cfg.temperature, cfg.top_k, cfg.top_p) == (hybrid, 0.7, 10, 0.9)
     assert cfg == tr.engine.config
+
+
+def test_python_api_writes_the_same_run_directory_as_the_cli(tmp_path, make_model, tok):
+    """train() from Python evaluates before and after and plots, so `hrpo plot` and `hrpo sweep`
+    read its run like one started by `hrpo train`."""
+    from hrpo.cli import main
+    from hrpo.rundir import EVAL_AFTER, EVAL_BEFORE, finished, read_eval
+    from hrpo.tasks import get_task
+
+    task = get_task("arithmetic")
+    tr = HRPOTrainer(
+        config(tmp_path, max_steps=2, eval_limit=3, eval_batch_size=3),
+        task=task,
+        model=make_model("qwen2"),
+        tokenizer=tok,
+        progress=False,
+    )
+    summary = tr.train()
+    out = tmp_path / "run"
+    assert summary["eval_before"] == read_eval(out, EVAL_BEFORE) and summary["eval_before"]["num_examples"] == 3
+    assert summary["eval_after"] == read_eval(out, EVAL_AFTER) and finished(out)
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoints", "plots"}
+    assert summary["plots"] and all(p.is_file() for p in summary["plots"])
+    assert main(["plot", str(out), "--output", str(tmp_path / "again.png")]) == 0

@@ -449,27 +449,10 @@ def _print_eval(label: str, result: dict | None) -> None:
         )
 
 
-def _eval_before(trainer, out: Path, resumed: bool) -> dict | None:
-    """The evaluation before training, written at once so a resumed run still reports it.
-
-    A resumed run reads it back; if the first run was killed before writing it, it is computed
-    now, on the model as loaded (the checkpoint is loaded later, by ``train``)."""
-    from accelerate.utils import broadcast_object_list
-
-    path = out / "eval_before.json"
-    # Decided by the main process for all: every process joins the evaluation or none does.
-    done = broadcast_object_list([resumed and path.is_file()])[0]
-    if done:
-        return json.loads(path.read_text()) if trainer.accelerator.is_main_process else None
-    result = trainer.evaluate("eval before")
-    if result is not None:
-        atomic_write_text(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    return result
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
+    from hrpo.checkpoint import TRAINER_STATE, latest_checkpoint
     from hrpo.config import load_config
-    from hrpo.rundir import TRAINER_STATE, hold_run_dir, latest_checkpoint, launched_main_process
+    from hrpo.rundir import hold_run_dir, launched_main_process
 
     cfg = load_config(args.config, args.overrides)
     if args.overwrite:
@@ -497,36 +480,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from hrpo.trainer import HRPOTrainer, TrainingInterrupted
 
     start = time.perf_counter()
-    trainer = HRPOTrainer(cfg)
-    main_process = trainer.accelerator.is_main_process
-    before = _eval_before(trainer, out, resumed=bool(args.resume))
+    trainer = HRPOTrainer(cfg, plots=not args.no_plots)
     try:
-        trainer.train(resume_from_checkpoint=args.resume)
+        summary = trainer.train(resume_from_checkpoint=args.resume)
     except TrainingInterrupted as stop:
-        if main_process:
+        if trainer.accelerator.is_main_process:
             saved = f"checkpoint saved to {stop.checkpoint}" if stop.checkpoint else "no step to save"
             print(f"hrpo train: interrupted after step {stop.step}; {saved}")
             # KEY=VALUE overrides before --resume, which would take the first one as its CHECKPOINT.
             again = ["hrpo", "train", *(["--config", args.config] if args.config else []), *args.overrides]
             print(f"resume with: {shlex.join([*again, '--resume'])}")
         return 130
-    after = trainer.evaluate("eval after")
-    end_process_group()  # every process is here; what follows is the main process's own writing
-    if not main_process:
+    end_process_group()  # every process is here; what follows is the main process's own printing
+    if not trainer.accelerator.is_main_process:
         return 0
-    if after is not None:
-        atomic_write_text(out / "eval_after.json", json.dumps(after, indent=2, ensure_ascii=False) + "\n")
-    plots = []
-    if not args.no_plots:
-        from hrpo.plotting import plot_run
-
-        plots = plot_run(out)
     minutes = (time.perf_counter() - start) / 60
     print(f"hrpo train: {trainer.step} steps in {minutes:.1f} min ({'HRPO' if cfg.hybrid else 'GRPO'})")
-    _print_eval("before", before)
-    _print_eval("after", after)
+    _print_eval("before", summary["eval_before"])
+    _print_eval("after", summary["eval_after"])
     print(f"run:     {out.resolve()}  (metrics.jsonl, samples.jsonl, config.yaml, checkpoints/)")
-    for path in plots:
+    for path in summary["plots"]:
         print(f"plot:    {path}")
     return 0
 

@@ -19,18 +19,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
+from hrpo.rundir import METRICS_FILE, SAMPLES_FILE, WANDB_ID_FILE
 from hrpo.storage import atomic_write_text, read_jsonl
 
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.jsonl"
 KNOWN_BACKENDS = ("tensorboard", "wandb", "trackio", "none")
 INSTALL_HINTS = {
     "tensorboard": "pip install 'hrpo[tensorboard]'",
     "wandb": "pip install 'hrpo[wandb]'",
     "trackio": "pip install trackio",
 }
-# Lets a resumed W&B run continue the same dashboard run instead of starting a new one.
-WANDB_ID_FILE = "wandb_run_id"
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -10,21 +10,16 @@ both see the same numbers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
-from hrpo.distributed import full_tensor, load_full_
+from hrpo import checkpoint
+from hrpo.distributed import full_tensor
 from hrpo.gate import HybridGate
-from hrpo.storage import atomic_directory
-
-GATE_WEIGHTS = "hrpo_gate.safetensors"
-GATE_CONFIG = "hrpo_gate.json"
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -228,76 +223,10 @@ class HybridModel(nn.Module):
             items = list(self.state_dict().items())
         return {name: full_tensor(t.detach()).cpu() for name, t in items}
 
-    def write_to(self, directory: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
-        """Write adapter (PEFT) or full weights plus the gate into an existing directory.
-
-        ``state`` is what :meth:`trainable_state` returned (default: computed here, which under
-        FSDP2 only works if every process calls this).
-        """
-        directory = Path(directory)
-        state = self.trainable_state() if state is None else state
-        gate = {k[len("gate.") :]: v.float().contiguous() for k, v in state.items() if k.startswith("gate.")}
-        model_state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-        self.model.save_pretrained(directory, state_dict=model_state, safe_serialization=True)
-        save_file(gate, str(directory / GATE_WEIGHTS))
-        meta = {
-            "hidden_size": self.gate.hidden_size,
-            "r_min": self.gate.r_min,
-            "r_max": self.gate.r_max,
-            "c": self.gate.c,
-            "mix": self.gate.mix,
-            "latent_source": self.gate.latent_source,
-            "adapter": isinstance(self.model, PeftModel),
-        }
-        (directory / GATE_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write adapter (PEFT) or full weights, plus the gate, to ``path`` atomically.
-
-        The directory is written under a temporary name and renamed into place, so an
-        interrupted save never leaves a half-written checkpoint.
-        """
-        path = Path(path)
-        with atomic_directory(path) as tmp:
-            self.write_to(tmp)
-        return path
-
-    def load_trainable_state(self, directory: str | Path) -> None:
-        """Load into this model the adapter (or full) weights and gate written by :meth:`write_to`.
-
-        Works on a sharded (FSDP2) model too: every process reads the files and keeps its shard.
-        """
-        directory = Path(directory)
-        files = {"gate.": load_file(str(directory / GATE_WEIGHTS))}
-        if isinstance(self.model, PeftModel):
-            files["model."] = load_file(str(directory / "adapter_model.safetensors"))
-            adapter = self.model.active_adapter
-        else:
-            index = directory / "model.safetensors.index.json"
-            shards = (
-                sorted(set(json.loads(index.read_text())["weight_map"].values()))
-                if index.is_file()
-                else ["model.safetensors"]
-            )
-            files["model."] = {k: v for f in shards for k, v in load_file(str(directory / f)).items()}
-            adapter = None
-        used: set[str] = set()
-        for name, param in self.named_parameters():
-            prefix = "gate." if name.startswith("gate.") else "model."
-            key = name[len(prefix) :]
-            if adapter is not None and prefix == "model.":
-                if not param.requires_grad:
-                    continue  # frozen base weights are not in an adapter file
-                key = key.replace(f".{adapter}.", ".")  # PEFT drops the adapter name in files
-            if key not in files[prefix]:
-                if prefix == "gate." or adapter is not None:
-                    raise ValueError(f"{directory}: no weight for {name} ({key})")
-                continue  # e.g. a tied output head, saved once
-            load_full_(param, files[prefix][key])
-            used.add(prefix + key)
-        unused = sorted(p + k for p, f in files.items() for k in f if p + k not in used)
-        if unused and adapter is not None:
-            raise ValueError(f"{directory}: weights that do not fit this model: {unused[:3]}")
+        """Write adapter (PEFT) or full weights, plus the gate, to ``path`` atomically
+        (:mod:`hrpo.checkpoint` has the format)."""
+        return checkpoint.save_model(self, path)
 
     @classmethod
     def from_pretrained(
@@ -308,26 +237,5 @@ class HybridModel(nn.Module):
         For an adapter checkpoint, ``base_model`` is the model the adapter was trained on;
         for a full checkpoint, the weights are loaded from ``path`` and ``base_model`` is unused.
         """
-        path = Path(path)
-        meta_file = path / GATE_CONFIG
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"{path} is not an hrpo checkpoint: {GATE_CONFIG} is missing")
-        meta = json.loads(meta_file.read_text())
-        if meta["adapter"]:
-            if base_model is None:
-                raise ValueError(f"{path} holds a LoRA adapter: pass the base model it was trained on")
-            model = PeftModel.from_pretrained(base_model, str(path), is_trainable=is_trainable)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(str(path))
-        gate = HybridGate(
-            meta["hidden_size"],
-            r_min=meta["r_min"],
-            r_max=meta["r_max"],
-            c=meta["c"],
-            mix=meta.get("mix", "gated"),
-            latent_source=meta.get("latent_source", "projection"),
-        )
-        gate.load_state_dict(load_file(str(path / GATE_WEIGHTS)))
-        return cls(model, gate)
+        lm, gate = checkpoint.read_model(path, base_model, is_trainable=is_trainable)
+        return cls(lm, gate)

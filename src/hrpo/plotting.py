@@ -19,7 +19,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hrpo.metrics import METRICS_FILE, read_metrics
+from hrpo.metrics import read_metrics
+from hrpo.rundir import METRICS_FILE, PLOTS
 
 GRID_FILE = "training_curves.png"
 COMPARISON_FILE = "comparison.png"
@@ -235,7 +236,7 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None, per_metric: 
     run_dir = Path(run_dir)
     records = _load(run_dir)
     if output is None:
-        out_dir, grid_path = run_dir / "plots", run_dir / "plots" / GRID_FILE
+        out_dir, grid_path = run_dir / PLOTS, run_dir / PLOTS / GRID_FILE
     elif Path(output).suffix.lower() == ".png":
         grid_path = Path(output)
         out_dir = grid_path.parent

@@ -165,6 +165,20 @@ class Rollout:
     def completion_lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)
 
+    def model_inputs(
+        self, rows: slice = slice(None), *, hybrid: bool = True
+    ) -> dict[str, torch.Tensor | None]:
+        """Keyword arguments of :meth:`HybridModel.completion_logprobs` that recompute ``rows``
+        teacher-forced: with the stored latents (``hybrid``) or as plain tokens."""
+        return {
+            "prompt_ids": self.prompt_ids[rows],
+            "prompt_mask": self.prompt_mask[rows],
+            "completion_ids": self.completion_ids[rows],
+            "completion_mask": self.completion_mask[rows],
+            "latents": self.latents[rows] if hybrid else None,
+            "thinking_mask": self.thinking_mask[rows] if hybrid else None,
+        }
+
     def mean_embeds_ratio(self) -> float:
         """Mean of ``a`` over all thinking positions and dimensions (1.0 with none)."""
         n = self.thinking_mask.sum()
@@ -481,13 +495,7 @@ class RolloutEngine:
         """Recompute ``rollout``'s completion log-probs teacher-forced at the rollout temperature."""
         use_latents = self.config.hybrid if hybrid is None else hybrid
         logprobs, _ = self.model.completion_logprobs(
-            rollout.prompt_ids,
-            rollout.prompt_mask,
-            rollout.completion_ids,
-            rollout.completion_mask,
-            latents=rollout.latents if use_latents else None,
-            thinking_mask=rollout.thinking_mask if use_latents else None,
-            temperature=rollout.temperature,
+            **rollout.model_inputs(hybrid=use_latents), temperature=rollout.temperature
         )
         return logprobs
 

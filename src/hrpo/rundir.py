@@ -38,7 +38,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shlex
 import shutil
 import socket
@@ -53,21 +52,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hrpo.metrics import METRICS_FILE, SAMPLES_FILE, WANDB_ID_FILE
-from hrpo.storage import atomic_remove, clean_leftovers, read_jsonl
+from hrpo.checkpoint import checkpoint_step, list_checkpoints
+from hrpo.storage import atomic_remove, atomic_write_text, clean_leftovers, read_jsonl
 
+# The files of a run directory (``hrpo train``, or ``HRPOTrainer.train()``).
+CONFIG_FILE = "config.yaml"  # the run's settings, loadable with ``hrpo train --config``
+METRICS_FILE = "metrics.jsonl"  # one line per logged step (hrpo.metrics)
+SAMPLES_FILE = "samples.jsonl"  # logged completions, every ``log_completions_steps``
+CHECKPOINTS = "checkpoints"  # step-NNNNNN training checkpoints (hrpo.checkpoint)
+EVAL_BEFORE = "eval_before.json"  # held-out accuracy before training
+EVAL_AFTER = "eval_after.json"  # ... and after; its presence marks a finished run
+PLOTS = "plots"  # PNG curves (hrpo plot)
+WANDB_ID_FILE = "wandb_run_id"  # lets a resumed run continue the same W&B run
 LOCK_FILE = ".hrpo.lock"
-CHECKPOINTS = "checkpoints"
-CHECKPOINT_PREFIX = "step-"
-TRAINER_STATE = "trainer_state.json"
-EVAL_BEFORE = "eval_before.json"
-EVAL_AFTER = "eval_after.json"
 RUN_MARKERS = (METRICS_FILE, SAMPLES_FILE, EVAL_BEFORE, EVAL_AFTER, CHECKPOINTS)
-RUN_ENTRIES = (*RUN_MARKERS, "config.yaml", "plots", "tensorboard", "wandb", WANDB_ID_FILE)
+RUN_ENTRIES = (*RUN_MARKERS, CONFIG_FILE, PLOTS, "tensorboard", "wandb", WANDB_ID_FILE)
 # An overwrite's trash: ".hrpo-overwrite-moving-*" while entries move in (the next holder must
 # finish moving), ".hrpo-overwrite-deleting-*" once they all have (the next holder only deletes it).
 _MOVING, _DELETING = ".hrpo-overwrite-moving-", ".hrpo-overwrite-deleting-"
-_CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
 class RunDirectoryError(ValueError):
@@ -104,35 +106,6 @@ API_HINTS = Hints("train(resume_from_checkpoint=True)", "overwrite_output_dir=Tr
 
 
 # -- what is in a run directory -----------------------------------------------------------------
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    """Complete checkpoints (``step-NNNNNN`` with a trainer state) in ``directory``, oldest first.
-
-    A checkpoint is written under a temporary name and renamed when complete, so leftovers of a
-    killed write (dot names) are never listed.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = []
-    for p in directory.iterdir():
-        match = _CHECKPOINT_NAME.match(p.name)
-        if match and (p / TRAINER_STATE).is_file():
-            found.append((int(match[1]), p))
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The newest complete checkpoint in ``directory``, or None."""
-    found = list_checkpoints(directory)
-    return found[-1] if found else None
-
-
-def checkpoint_step(path: str | Path) -> int | None:
-    """The step of a ``step-NNNNNN`` checkpoint directory name, or None for another name."""
-    match = _CHECKPOINT_NAME.match(Path(path).name)
-    return int(match[1]) if match else None
-
-
 def _last_step(metrics: Path) -> int | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # describing a run, not reading it: a torn tail is fine
@@ -335,3 +308,22 @@ def discard_after(path: str | Path, step: int) -> None:
         if checkpoint_step(ckpt) > step:  # type: ignore[operator]
             atomic_remove(ckpt)
     (path / EVAL_AFTER).unlink(missing_ok=True)
+
+
+# -- reading and writing the run's own files -------------------------------------------------------
+def write_eval(path: str | Path, name: str, result: dict[str, Any]) -> Path:
+    """Write an evaluation (:data:`EVAL_BEFORE` or :data:`EVAL_AFTER`) atomically."""
+    target = Path(path) / name
+    atomic_write_text(target, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return target
+
+
+def read_eval(path: str | Path, name: str) -> dict[str, Any] | None:
+    """An evaluation the run wrote (:data:`EVAL_BEFORE` or :data:`EVAL_AFTER`), or None."""
+    target = Path(path) / name
+    return json.loads(target.read_text(encoding="utf-8")) if target.is_file() else None
+
+
+def finished(path: str | Path) -> bool:
+    """Whether the run in ``path`` ran to its end (its final evaluation is written)."""
+    return (Path(path) / EVAL_AFTER).is_file()

@@ -43,7 +43,7 @@ import numpy as np
 
 from hrpo.config import ConfigError, HRPOConfig, load_config, read_yaml_mapping
 from hrpo.metrics import read_metrics
-from hrpo.rundir import EVAL_AFTER, holds_run, lock_run_dir
+from hrpo.rundir import EVAL_AFTER, EVAL_BEFORE, finished, holds_run, lock_run_dir, read_eval
 from hrpo.storage import atomic_file, atomic_write_text
 
 RESULTS_JSON = "results.json"
@@ -161,7 +161,7 @@ def load_sweep(path: str | Path, output_dir: str | Path | None = None) -> Sweep:
 
 # -- running -------------------------------------------------------------------------------------
 def is_finished(run_dir: Path) -> bool:
-    return (run_dir / EVAL_AFTER).is_file()
+    return finished(run_dir)
 
 
 def _ends_line(path: Path) -> bool:
@@ -292,9 +292,8 @@ def _run_record(sweep: Sweep, variant: str, seed: int) -> dict[str, Any] | None:
     run_dir = sweep.run_dir(variant, seed)
     if not is_finished(run_dir):
         return None
-    before_file = run_dir / "eval_before.json"
-    before = json.loads(before_file.read_text()) if before_file.is_file() else None
-    after = json.loads((run_dir / "eval_after.json").read_text())
+    before = read_eval(run_dir, EVAL_BEFORE)
+    after = read_eval(run_dir, EVAL_AFTER)
     records = read_metrics(run_dir)
     tail = records[-sweep.tail_steps :]
     final = {}

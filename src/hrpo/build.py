@@ -1,0 +1,241 @@
+"""Construction: an :class:`~hrpo.config.HRPOConfig` turned into the parts of a training run.
+
+Every setting of the config is translated here, once, and nowhere else in the trainer:
+
+* the data: the task, its training and held-out rows, the reward functions and their weights;
+* the policy: the language model (loaded, or the one passed in), gradient checkpointing, LoRA
+  (PEFT), and the gate, wrapped together as a :class:`~hrpo.model.HybridModel`;
+* the reference for the KL term: a frozen copy for full fine-tuning, or none (with LoRA the
+  reference is the same model with its adapters off; with β = 0 there is no KL term);
+* the optimiser (AdamW over three parameter groups: LoRA/model weights, gate linears, Λ, each with
+  its own learning rate) and the learning-rate schedule;
+* the :class:`~hrpo.rollout.RolloutConfig` the rollouts and the evaluation decode with.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DistributedType
+from peft import LoraConfig, get_peft_model
+from transformers import PreTrainedModel, get_scheduler
+
+from hrpo.config import HRPOConfig
+from hrpo.gate import HybridGate
+from hrpo.model import HybridModel
+from hrpo.reward import RewardFunc, reward_name
+from hrpo.rollout import RolloutConfig
+
+
+@dataclass
+class RunData:
+    """What a run trains and evaluates on, and how completions are rewarded."""
+
+    task: Any | None
+    """The task (None when the datasets and reward functions were all given)."""
+    train_dataset: list[dict[str, Any]]
+    eval_dataset: list[dict[str, Any]]
+    reward_funcs: list[RewardFunc]
+    reward_weights: list[float] | None
+
+
+def build_data(
+    cfg: HRPOConfig,
+    *,
+    task: Any | None = None,
+    train_dataset: list[dict[str, Any]] | None = None,
+    eval_dataset: list[dict[str, Any]] | None = None,
+    reward_funcs: Sequence[RewardFunc] | None = None,
+) -> RunData:
+    """The task (``cfg.task`` unless given), datasets (default: the task's ``train`` split and the
+    first ``eval_limit`` rows of ``test``) and reward functions (default: the task's accuracy
+    reward, plus its format reward when ``format_reward_weight`` is set)."""
+    if task is None and (train_dataset is None or reward_funcs is None):
+        from hrpo.tasks import get_task  # the task registry imports every task's dependencies
+
+        task = get_task(cfg.task, **{"marker": cfg.answer_marker, **cfg.task_args})
+    if train_dataset is None:
+        train_dataset = task.load("train")
+    if eval_dataset is None and task is not None and cfg.eval_limit > 0:
+        eval_dataset = task.load("test", limit=cfg.eval_limit)
+    weights = cfg.reward_weights
+    if reward_funcs is not None:
+        funcs = list(reward_funcs)
+    else:
+        funcs = [task.reward_function(cfg.strict_format)]
+        if cfg.format_reward_weight:
+            funcs.append(task.format_reward_function())
+            weights = weights or [1.0, cfg.format_reward_weight]
+    if weights is not None and len(weights) != len(funcs):
+        raise ValueError(
+            f"config key 'reward_weights': {len(weights)} weights for "
+            f"{len(funcs)} reward functions {[reward_name(f) for f in funcs]}"
+        )
+    if not train_dataset:
+        raise ValueError("the training dataset is empty")
+    for i, row in enumerate(train_dataset[:1000]):
+        if "prompt" not in row:
+            raise ValueError(f"training row {i} has no 'prompt' column (columns: {sorted(row)})")
+    return RunData(task, train_dataset, eval_dataset or [], funcs, weights)
+
+
+def rollout_config(cfg: HRPOConfig, task: Any | None = None) -> RolloutConfig:
+    """The decoding settings of the run's rollouts (and of its held-out evaluation, greedy)."""
+    return RolloutConfig(
+        num_generations=cfg.num_generations,
+        max_prompt_length=cfg.max_prompt_length,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        hybrid=cfg.hybrid,
+        answer_marker=cfg.answer_marker,
+        # The rollout must end thinking where the task's grader finds the answer marker.
+        ignore_marker_headings=bool(getattr(task, "ignore_marker_headings", False)),
+        backend=cfg.rollout_backend,
+        cache=cfg.cache_implementation,
+        compact_finished=cfg.compact_finished,
+        sync_every=cfg.sync_every,
+    )
+
+
+def check_engine(accelerator: Accelerator) -> None:
+    """Refuse distributed engines the trainer does not drive correctly, before any work."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        raise ValueError(
+            "DeepSpeed is not supported: its engine steps the optimiser inside backward(), and hrpo "
+            "runs several backward passes per step. Use FSDP2 for sharding "
+            "(accelerate launch --config_file configs/accelerate/fsdp.yaml ...)"
+        )
+    if kind == DistributedType.FSDP and getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
+        raise ValueError("hrpo needs FSDP2: set fsdp_version: 2 in the accelerate config")
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """``dtype: auto`` → bfloat16 on a GPU that supports it, else float32."""
+    if name != "auto":
+        return name
+    return "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+
+
+def lora_targets(model: torch.nn.Module, wanted: Sequence[str]) -> list[str]:
+    """The names of ``wanted`` that exist among the model's module names."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    found = [t for t in wanted if t in present]
+    if not found:
+        raise ValueError(f"none of lora_target_modules={list(wanted)} exist in the model")
+    return found
+
+
+def build_model(
+    cfg: HRPOConfig, device: torch.device, model: torch.nn.Module | None = None, tokenizer: Any = None
+) -> tuple[HybridModel, Any]:
+    """The policy: ``model`` (a :class:`HybridModel` is used as it is; a plain causal LM is
+    wrapped) or the one ``cfg.model_name_or_path`` names, with LoRA and a fresh gate."""
+    if model is not None and tokenizer is None:
+        raise ValueError("pass the tokenizer with a preloaded model")
+    if isinstance(model, HybridModel):
+        return model.to(device), tokenizer
+    if model is None:
+        from hrpo.loading import load_model  # loading the embedded default imports its converter
+
+        model, tokenizer = load_model(cfg.model_name_or_path, dtype=resolve_dtype(cfg.dtype, device))
+    if cfg.gradient_checkpointing:
+        _enable_checkpointing(model)
+    if cfg.use_lora:
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=lora_targets(model, cfg.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    gate = HybridGate(
+        model.get_input_embeddings().weight.shape[1],
+        r_min=cfg.r_min,
+        r_max=cfg.r_max,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        mix=cfg.hybrid_mix,
+        latent_source=cfg.latent_source,
+    )
+    hybrid = HybridModel(model, gate).to(device)
+    hybrid.train()
+    return hybrid, tokenizer
+
+
+def _enable_checkpointing(model: PreTrainedModel) -> None:
+    # transformers 5 renamed gradient checkpointing to activation checkpointing.
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
+def build_reference(cfg: HRPOConfig, policy: HybridModel) -> HybridModel | None:
+    """A frozen copy of the language model for full fine-tuning with β > 0, wrapped once for the
+    token-only forward (its gate is never used); None otherwise (with LoRA the reference is the
+    policy with its adapters disabled)."""
+    if cfg.beta == 0 or cfg.use_lora:
+        return None
+    ref = HybridModel(copy.deepcopy(policy.model), seed=0).eval()
+    return ref.requires_grad_(False)
+
+
+def parameter_groups(cfg: HRPOConfig, model: HybridModel) -> list[dict[str, Any]]:
+    """LoRA (or model) weights, gate linears and Λ, each with its own learning rate.
+
+    In GRPO mode (``hybrid: false``) the gate is never used, so it is frozen and left out:
+    DDP would otherwise wait forever for its gradients.
+    """
+    model_params = [p for p in model.model.parameters() if p.requires_grad]
+    groups = [{"params": model_params, "lr": cfg.learning_rate, "name": "lora" if cfg.use_lora else "model"}]
+    if cfg.hybrid:
+        gate_linears = [p for n, p in model.gate.named_parameters() if n != "Lambda"]
+        groups.append({"params": gate_linears, "lr": cfg.gate_learning_rate, "name": "gate"})
+        groups.append({"params": [model.gate.Lambda], "lr": cfg.lambda_learning_rate, "name": "lambda"})
+    else:
+        model.gate.requires_grad_(False)
+    return groups
+
+
+def build_optimizer(cfg: HRPOConfig, model: HybridModel) -> torch.optim.Optimizer:
+    """AdamW over :func:`parameter_groups`."""
+    return torch.optim.AdamW(
+        parameter_groups(cfg, model), betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+    )
+
+
+def build_scheduler(cfg: HRPOConfig, optimizer: torch.optim.Optimizer, max_steps: int) -> Any:
+    """Warm-up then ``lr_scheduler_type``, stepped once per optimiser pass (``num_iterations``
+    passes per training step)."""
+    passes = max_steps * cfg.num_iterations
+    return get_scheduler(
+        cfg.lr_scheduler_type if cfg.lr_scheduler_type != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=int(math.ceil(cfg.warmup_ratio * passes)),
+        num_training_steps=passes,
+    )
+
+
+def step_budget(cfg: HRPOConfig, num_rows: int, num_processes: int) -> tuple[int, int]:
+    """(prompts per process per step, number of steps): whole groups per process, and
+    ``max_steps`` or else ``num_train_epochs`` passes over the rows."""
+    per_device = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    if per_device % cfg.num_generations:
+        raise ValueError(
+            f"per_device_train_batch_size × gradient_accumulation_steps = {per_device} completions per "
+            f"process must be a multiple of num_generations={cfg.num_generations} (whole groups per process)"
+        )
+    per_process = per_device // cfg.num_generations
+    if cfg.max_steps > 0:
+        return per_process, cfg.max_steps
+    return per_process, max(1, int(cfg.num_train_epochs * num_rows // (per_process * num_processes)))
