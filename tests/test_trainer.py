@@ -402,7 +402,9 @@ def test_python_api_writes_the_same_run_directory_as_the_cli(tmp_path, make_mode
     )
     summary = tr.train()
     out = tmp_path / "run"
-    assert summary["eval_before"] == read_eval(out, EVAL_BEFORE) and summary["eval_before"]["num_examples"] == 3
+    assert (
+        summary["eval_before"] == read_eval(out, EVAL_BEFORE) and summary["eval_before"]["num_examples"] == 3
+    )
     assert summary["eval_after"] == read_eval(out, EVAL_AFTER) and finished(out)
     assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoints", "plots"}
     assert summary["plots"] and all(p.is_file() for p in summary["plots"])
