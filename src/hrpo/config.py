@@ -145,10 +145,12 @@ class HRPOConfig:
     sync_every: int = 1
     """Decoding steps between host checks for finished sequences; ~8 keeps a GPU's queue full."""
     r_min: float = 0.99
-    """Initial decay a = exp(−c·softplus(Λ)) is drawn from U[r_min, r_max] per dimension
-    (r_min ≤ r_max)."""
+    """The gate's initial decay base u = exp(−c·softplus(Λ)) is drawn from U[r_min, r_max] per
+    dimension (r_min ≤ r_max). Two things are called r: the gate's r = σ(W_r ê + b_r) is the
+    learned per-token exponent of the decay a = exp(−c·softplus(Λ)·r) = u^r, while r_min and r_max
+    only bound u at initialisation, so a starts just below 1."""
     r_max: float = 0.999
-    """Upper end of the initial decay's range (see r_min)."""
+    """Upper end of the initial decay base's range (see r_min; not the gate's r)."""
     hybrid_mix: Literal["gated", "latent_only", "closed"] = "gated"
     """How thinking positions are fed: "gated" (HRPO); "latent_only", the paper's
     interpolation-only ablation (the latent alone, no token embedding); or "closed", a control
