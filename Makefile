@@ -31,8 +31,8 @@ test: setup
 # it), DEMO_ARGS=--resume continues an interrupted one.
 DEMO_ARGS ?=
 demo: setup
-	@echo "$(BIN)/hrpo train --config configs/quickstart.yaml $(DEMO_ARGS)"
-	@$(BIN)/hrpo train --config configs/quickstart.yaml $(DEMO_ARGS) || { code=$$?; [ $$code -ne 1 ] || \
+	@echo "$(BIN)/hrpo train --config quickstart $(DEMO_ARGS)"
+	@$(BIN)/hrpo train --config quickstart $(DEMO_ARGS) || { code=$$?; [ $$code -ne 1 ] || \
 		echo "make demo: to train again over an earlier demo run: make demo DEMO_ARGS=--overwrite" \
 		"(or DEMO_ARGS=--resume to continue an interrupted one)" >&2; exit $$code; }
 

@@ -572,6 +572,16 @@ def test_reward_function_with_conversational_completions():
     assert rewards == [1.0, 1.0, 0.0, 0.0, 0.0]
 
 
+def test_grade_reads_each_rows_answer_like_the_reward():
+    rows = [{"answer": "42"}, {"answer": 42}, {"answer": None}, {}]
+    completions = ["#### 42"] * 4
+    assert TASK.grade(completions, rows) == [1.0, 1.0, 0.0, 0.0]  # an int answer is graded as its str
+    reward = TASK.reward_function(strict_format=False)
+    assert reward(None, completions[:3], answer=[r["answer"] for r in rows[:3]]) == [1.0, 1.0, 0.0]
+    # TRL passes objects that are not columns (trainer_state) and extras; neither reaches the rows.
+    assert reward(None, ["#### 1"], answer=["1"], trainer_state=object(), step=3) == [1.0]
+
+
 def test_completion_text():
     assert completion_text("abc") == "abc"
     assert completion_text([{"role": "assistant", "content": "abc"}]) == "abc"

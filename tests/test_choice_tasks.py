@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hrpo.tasks.base import completion_text
 from hrpo.tasks.choice import (
     MMLU_STEM_SUBJECTS,
     ARCChallengeTask,
@@ -268,6 +269,25 @@ def test_reward_function_uses_options_column(mmlu):
     assert reward(None, completions, answer=refs) == [0.0, 1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="completions"):
         reward(None, completions, answer=refs[:2], options=opts)
+
+
+def test_reward_accuracy_and_eval_agree_through_grade_where_score_without_options_would_not(mmlu, arc):
+    # The trainer logged accuracy as score(completion, answer): without the row's options, so it
+    # disagreed with the reward. Reward, accuracy and evaluation now all go through grade(rows).
+    rows = [row for row in mmlu.load("test") if row["answer"] == "B" and "a force" in row["options"]]
+    rows += [{**rows[0], "prompt": "q"}, {"answer": "E", "options": ["1", "2", "3", "4"]}]
+    completions = ["#### a force", [{"role": "assistant", "content": "so #### a force"}], "#### E"]
+    tasks = [mmlu, mmlu, arc]
+    old = [t.score(completion_text(c), r["answer"]) for t, c, r in zip(tasks, completions, rows, strict=True)]
+    assert old == [0.0, 0.0, 1.0]
+    assert mmlu.grade(completions[:2], rows[:2]) == [1.0, 1.0]
+    assert arc.grade(completions[2:], rows[2:]) == [0.0]
+    for strict in (False, True):
+        reward = mmlu.reward_function(strict_format=strict)
+        columns = {k: [r.get(k) for r in rows[:2]] for k in rows[0]}
+        assert reward(None, completions[:2], **columns) == mmlu.grade(completions[:2], rows[:2], strict)
+    with pytest.raises(ValueError, match="2 completions but 1 rows"):
+        mmlu.grade(completions[:2], rows[:1])
 
 
 def test_generic_task_accepts_letter_answers(tmp_path):

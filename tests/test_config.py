@@ -1,10 +1,6 @@
-from pathlib import Path
-
 import pytest
 
-from hrpo.config import ConfigError, HRPOConfig, load_config
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from hrpo.config import ConfigError, HRPOConfig, load_config, recipe_path, recipes
 
 
 def test_yaml_with_overrides(tmp_path):
@@ -55,10 +51,25 @@ def test_malformed_override():
         load_config(None, ["btea=0.1"])
 
 
+def test_config_takes_a_recipe_name_or_a_path_and_an_existing_path_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    packaged = load_config("quickstart")
+    assert packaged == load_config(recipe_path("quickstart")) == load_config("quickstart.yaml")
+    assert packaged.task == "arithmetic" and packaged.output_dir == "runs/quickstart"
+    assert recipe_path("accelerate/ddp").name == "ddp.yaml"
+    (tmp_path / "quickstart").write_text("learning_rate: 0.5\n")
+    assert load_config("quickstart").learning_rate == 0.5  # the file here, not the recipe
+    with pytest.raises(ConfigError, match="configs/quickstart.yaml does not exist.*recipes: .*quickstart"):
+        load_config("configs/quickstart.yaml")
+    for name in ("nope", "", ".", "../quickstart", "/etc/hostname", "accelerate"):
+        with pytest.raises(ConfigError, match="no recipe"):
+            recipe_path(name)
+
+
 def test_shipped_recipes_load_and_build_their_tasks():
     from hrpo.tasks import get_task
 
-    recipes = {p.stem: load_config(p) for p in sorted(CONFIGS.glob("*.yaml"))}
+    loaded = {name: load_config(name) for name in recipes()}
     # Paper (spec §4): completions per optimiser step on one GPU, and group size.
     paper = {
         "gsm8k_qwen2.5_1.5b": (32, 4),
@@ -66,8 +77,8 @@ def test_shipped_recipes_load_and_build_their_tasks():
         "mmlu_arc_qwen2.5_1.5b": (64, 8),
         "qa_qwen2.5_1.5b": (64, 4),
     }
-    assert set(paper) | {"quickstart"} <= set(recipes)
-    for name, cfg in recipes.items():
+    assert set(paper) | {"quickstart"} <= set(loaded)
+    for name, cfg in loaded.items():
         get_task(cfg.task, **{"marker": cfg.answer_marker, **cfg.task_args})
         if name in paper:
             assert (cfg.completions_per_step(), cfg.num_generations) == paper[name]

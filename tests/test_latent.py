@@ -3,7 +3,7 @@ import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from hrpo.latent import project_latent
-from hrpo.sampling import Support, restrict, sample, token_logprobs
+from hrpo.sampling import Support, restrict, sample, stable_seed, token_logprobs
 
 
 def hf_probs(logits, temperature, top_k, top_p):
@@ -88,3 +88,10 @@ def test_bad_sampling_settings_are_rejected():
 def test_negative_top_k_is_an_error_not_the_whole_vocabulary():
     with pytest.raises(ValueError, match="top_k must be >= 0"):
         restrict(torch.randn(2, 10), 1.0, top_k=-5)
+
+
+def test_stable_seed_keeps_the_trainers_numbers_in_every_process():
+    # The trainer's seeds before the helper moved here; constants, so no process salt can change them.
+    assert stable_seed(0, 1, 2) == 2907050525928808288 and stable_seed(7) == 5135535630271676732
+    assert stable_seed("a", 1) != stable_seed("a", 2) and stable_seed(1, 2) != stable_seed(2, 1)
+    assert all(0 <= stable_seed(i) < 2**63 for i in range(100))

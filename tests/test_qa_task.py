@@ -229,6 +229,9 @@ def test_reward_function_with_list_golds(qa_file):
         reward(None, completions, golden_answers=golds)
     with pytest.raises(ValueError, match="3 completions but 1 answers"):
         reward(None, completions, answer=golds[:1])
+    # grade reads the rows' own answer column (JSON strings or lists alike), as the reward does.
+    assert task.grade(completions, rows, strict_format=True) == [1.0, 0.0, 0.0]
+    assert task.grade(completions, [{**r, "answer": r["golden_answers"]} for r in rows]) == [1.0, 0.0, 1.0]
 
 
 @settings(max_examples=200, deadline=None)

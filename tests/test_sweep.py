@@ -2,13 +2,16 @@ import fcntl
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 
 from hrpo.cli import main
-from hrpo.config import ConfigError
+from hrpo.config import ConfigError, recipe_path
 from hrpo.sweep import load_sweep, train_command
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_sweep(tmp_path, tiny_dir, **changes):
@@ -47,12 +50,24 @@ def write_sweep(tmp_path, tiny_dir, **changes):
         ({"seeds": []}, "seeds"),
         ({"colour": "red"}, "unknown sweep keys"),
         ({"variants": {}}, "variants"),
+        ({"base_config": "nope"}, "base_config: config file .*nope does not exist, and 'nope' is no recipe"),
     ],
 )
 def test_bad_sweep_files_are_refused_before_anything_runs(tmp_path, tiny_dir, changes, message):
     with pytest.raises(ConfigError, match=message):
         load_sweep(write_sweep(tmp_path, tiny_dir, **changes))
     assert not (tmp_path / "out").exists()
+
+
+def test_base_config_is_a_recipe_name_or_a_path_relative_to_the_sweep_file(tmp_path, tiny_dir):
+    for shipped in sorted(ROOT.glob("experiments/*.yaml")):
+        assert load_sweep(shipped).base_config == recipe_path("quickstart"), shipped
+    assert load_sweep(write_sweep(tmp_path, tiny_dir, base_config="quickstart")).base_config == recipe_path(
+        "quickstart"
+    )
+    (tmp_path / "quickstart").write_text("learning_rate: 0.5\n")  # a file by the sweep file wins
+    sweep = load_sweep(write_sweep(tmp_path, tiny_dir, base_config="quickstart"))
+    assert sweep.base_config == tmp_path / "quickstart" and sweep.config_for("grpo", 0).learning_rate == 0.5
 
 
 def test_sweep_runs_summarises_skips_and_resumes(tmp_path, tiny_dir, capsys):

@@ -1,9 +1,10 @@
 """One configuration dataclass for an HRPO (or GRPO) training run.
 
 Field names follow TRL's ``GRPOConfig`` where TRL has the concept. Load from YAML with
-command-line overrides (``key=value``, values parsed as YAML)::
+command-line overrides (``key=value``, values parsed as YAML); the file is a path or the name of a
+recipe shipped in the package (``hrpo/configs/``, see :func:`recipes`)::
 
-    cfg = load_config("configs/quickstart.yaml", ["learning_rate=1e-4", "hybrid=false"])
+    cfg = load_config("quickstart", ["learning_rate=1e-4", "hybrid=false"])
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+# The recipes (training configs and accelerate launcher files), shipped as package data.
+RECIPES_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -141,10 +145,12 @@ class HRPOConfig:
     sync_every: int = 1
     """Decoding steps between host checks for finished sequences; ~8 keeps a GPU's queue full."""
     r_min: float = 0.99
-    """Initial decay a = exp(−c·softplus(Λ)) is drawn from U[r_min, r_max] per dimension
-    (r_min ≤ r_max)."""
+    """The gate's initial decay base u = exp(−c·softplus(Λ)) is drawn from U[r_min, r_max] per
+    dimension (r_min ≤ r_max). Two things are called r: the gate's r = σ(W_r ê + b_r) is the
+    learned per-token exponent of the decay a = exp(−c·softplus(Λ)·r) = u^r, while r_min and r_max
+    only bound u at initialisation, so a starts just below 1."""
     r_max: float = 0.999
-    """Upper end of the initial decay's range (see r_min)."""
+    """Upper end of the initial decay base's range (see r_min; not the gate's r)."""
     hybrid_mix: Literal["gated", "latent_only", "closed"] = "gated"
     """How thinking positions are fed: "gated" (HRPO); "latent_only", the paper's
     interpolation-only ablation (the latent alone, no token embedding); or "closed", a control
@@ -425,10 +431,51 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     return loaded
 
 
+def recipes() -> list[str]:
+    """The names of the training recipes shipped in the package (``hrpo train --config NAME``)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    """The packaged file of recipe ``name`` (``quickstart``, ``quickstart.yaml``, ``accelerate/ddp``).
+
+    A :class:`ConfigError` listing the recipes if there is no such recipe.
+    """
+    text = name if isinstance(name, str) else ""
+    # Not with_suffix: recipe names have dots of their own (gsm8k_qwen2.5_1.5b).
+    parts = Path(text if text.endswith(".yaml") else f"{text}.yaml").parts
+    path = RECIPES_DIR.joinpath(*parts)
+    # Names only: nothing absolute and no '..' out of the recipes directory.
+    if Path(text).is_absolute() or ".." in parts or not path.is_file():
+        raise ConfigError(f"no recipe {name!r}; recipes: {', '.join(recipes())}")
+    return path
+
+
+def config_path(path_or_recipe: str | Path, relative_to: str | Path | None = None) -> Path:
+    """The YAML file a config argument names: a path (under ``relative_to`` when relative) that
+    exists, else the packaged recipe of that name; a :class:`ConfigError` when it is neither."""
+    path = Path(path_or_recipe)
+    if relative_to is not None:
+        path = Path(relative_to) / path
+    if path.is_file():
+        return path
+    try:
+        return recipe_path(str(path_or_recipe))
+    except ConfigError:
+        raise ConfigError(
+            f"config file {path} does not exist, and {str(path_or_recipe)!r} is no recipe "
+            f"(recipes: {', '.join(recipes())})"
+        ) from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> HRPOConfig:
-    """Config from a YAML file (optional) with ``key=value`` overrides applied on top."""
+    """Config from a YAML file or packaged recipe (optional) with ``key=value`` overrides on top.
+
+    ``path`` is a path to a YAML file or a recipe name (:func:`recipes`); an existing file wins.
+    """
     values: dict[str, Any] = {}
     if path is not None:
+        path = config_path(path)
         loaded = read_yaml_mapping(path)
         for key in loaded:
             if key not in _fields():

@@ -1,9 +1,9 @@
 """Evaluation of a (hybrid) model on a task: accuracy, intervals, pass@k, resumable predictions.
 
 Each problem gets ``num_samples`` completions: one greedy completion when ``num_samples`` is 1,
-otherwise samples at the rollout temperature. A completion is graded by the task's own reward
-(without the training-only format rule), so row columns such as multiple-choice options or
-several gold answers are used. Predictions are appended to a JSON-lines file as each batch
+otherwise samples at the rollout temperature. A completion is graded by the task's one grading
+path, :meth:`Task.grade <hrpo.tasks.base.Task.grade>` (without the training-only format rule), so
+row columns such as multiple-choice options or several gold answers are used as in training. Predictions are appended to a JSON-lines file as each batch
 finishes; a rerun with the same file skips what is already there.
 """
 
@@ -146,7 +146,6 @@ def evaluate(
         rollout_config, do_sample=not greedy, num_generations=num_samples, ignore_marker_headings=headings
     )
     engine = RolloutEngine(model, tokenizer, cfg)
-    reward = task.reward_function(strict_format=False)
     path = Path(predictions_path) if predictions_path is not None else None
     done = _read_predictions(path, num_samples) if path is not None else {}
     todo = [i for i in range(len(rows)) if any((i, s) not in done for s in range(num_samples))]
@@ -167,8 +166,7 @@ def evaluate(
             hidden_sum += float((ro.hidden_ratio * ro.thinking_mask).sum())
             thinking += int(ro.thinking_mask.sum())
             expanded = [batch[g] for g in ro.group_ids.tolist()]
-            columns = {k: [r.get(k) for r in expanded] for k in batch[0] if k != "prompt"}
-            scores = reward([r["prompt"] for r in expanded], ro.completion_texts, **columns)
+            scores = task.grade(ro.completion_texts, expanded, strict_format=False)
             for j, text in enumerate(ro.completion_texts):
                 problem, sample = idx[int(ro.group_ids[j])], j % num_samples
                 think = ro.thinking_mask[j]

@@ -7,7 +7,8 @@ For a sampled token embedding ``ê`` and a latent ``h`` (see :mod:`hrpo.latent`)
     e = a ⊙ ê + sqrt(1 − a² + ε) ⊙ (i ⊙ h)          (ε = 1e-8)
 
 ``Λ`` is initialised so that ``exp(−c·softplus(Λ)) = u`` with ``u ~ U[r_min, r_max]`` per
-dimension, hence ``a = u^r`` starts close to 1 (almost pure token embeddings).
+dimension, hence ``a = u^r`` starts close to 1 (almost pure token embeddings). The bounds
+``r_min``/``r_max`` are bounds on ``u``, not on the gate's ``r``.
 
 Two ablations of the paper (spec §5) are options of the gate, so that rollouts, teacher-forced
 recomputation and saved checkpoints all agree on them:
@@ -89,13 +90,6 @@ class HybridGate(nn.Module):
         u = torch.empty(self.hidden_size, dtype=torch.float64)
         u.uniform_(self.r_min, self.r_max, generator=generator)
         self.Lambda.copy_(lambda_init(u, self.c))
-
-    def decay(self, token_embeds: torch.Tensor) -> torch.Tensor:
-        """``a = exp(−c · softplus(Λ) · r(ê))`` in float32, same leading shape as ``token_embeds``."""
-        with torch.autocast(device_type=token_embeds.device.type, enabled=False):
-            e = token_embeds.float()
-            r = torch.sigmoid(self.gate_r(e))
-            return torch.exp(-self.c * F.softplus(self.Lambda) * r)
 
     def input_gate(self, token_embeds: torch.Tensor) -> torch.Tensor:
         """``i = σ(W_i ê + b_i)`` in float32 (what :meth:`forward` scales the latent by)."""

@@ -3,13 +3,24 @@
 The rollout engine and the latent projection (:mod:`hrpo.latent`) share one restricted
 distribution per step, so the latent is built from exactly the probabilities the token was
 sampled from (spec §2: the reference applies the sampler's top-k before normalising).
+:func:`stable_seed` derives the seeds that must repeat across processes and runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import NamedTuple
 
 import torch
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from ``parts`` (by their ``str``), the same in every process, run and machine.
+
+    Python's ``hash()`` is salted per process, so it cannot derive a seed that must repeat.
+    """
+    digest = hashlib.sha256(",".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 class Support(NamedTuple):

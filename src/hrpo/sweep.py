@@ -4,7 +4,7 @@ A sweep file (YAML) names a base config, settings shared by every run, the varia
 the seeds::
 
     name: arithmetic-ablations
-    base_config: quickstart.yaml          # relative to the sweep file (optional)
+    base_config: quickstart               # a recipe name, or a path relative to the sweep file (optional)
     output_dir: runs/sweep-arithmetic
     common: {max_steps: 20}
     seeds: [0, 1, 2]
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from hrpo.config import ConfigError, HRPOConfig, load_config, read_yaml_mapping
+from hrpo.config import ConfigError, HRPOConfig, config_path, load_config, read_yaml_mapping
 from hrpo.metrics import read_metrics
 from hrpo.rundir import EVAL_AFTER, EVAL_BEFORE, finished, holds_run, lock_run_dir, read_eval
 from hrpo.storage import atomic_file, atomic_write_text
@@ -145,12 +145,16 @@ def load_sweep(path: str | Path, output_dir: str | Path | None = None) -> Sweep:
         if key in common or any(key in (v or {}) for v in variants.values()):
             raise ConfigError(f"{path}: {key!r} is set by the sweep itself, not per run")
     base = raw.get("base_config")
+    try:
+        base_config = config_path(str(base), relative_to=path.parent) if base else None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: base_config: {exc}") from exc
     sweep = Sweep(
         name=str(raw.get("name", path.stem)),
         output_dir=Path(output_dir or raw.get("output_dir") or f"runs/sweep-{path.stem}"),
         variants={str(k): dict(v or {}) for k, v in variants.items()},
         seeds=seeds,
-        base_config=(path.parent / base) if base else None,
+        base_config=base_config,
         common=dict(common),
         tail_steps=int(raw.get("tail_steps", 5)),
     )

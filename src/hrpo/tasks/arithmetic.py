@@ -10,12 +10,12 @@ value is a positive integer and every division is exact. The structured record (
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hrpo.sampling import stable_seed
 from hrpo.tasks.base import DEFAULT_MARKER, Row, Task
 from hrpo.tasks.numbers import numbers_match
 
@@ -65,12 +65,6 @@ _FRACTIONS = {2: "half", 3: "a third", 4: "a quarter"}
 
 def _count(n: int, noun: tuple[str, str]) -> str:
     return f"{n} {noun[0] if n == 1 else noun[1]}"
-
-
-def _derive_seed(*parts: object) -> int:
-    """A seed from ``parts`` that is the same in every process (``hash()`` is salted per process)."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big")
 
 
 @dataclass(frozen=True)
@@ -439,7 +433,7 @@ class ArithmeticTask(Task):
         return self._cache[split]
 
     def _draw(self, split: str, n: int, exclude: set[str]) -> list[ArithmeticProblem]:
-        rng = random.Random(_derive_seed("hrpo.arithmetic", self.seed, self.difficulty, split))
+        rng = random.Random(stable_seed("hrpo.arithmetic", self.seed, self.difficulty, split))
         seen = set(exclude)
         out: list[ArithmeticProblem] = []
         attempts = 0

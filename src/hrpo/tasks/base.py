@@ -1,7 +1,9 @@
 """The task API: prompts, references and the HRPO outcome reward for one data set.
 
 A task turns a data set into rows for training or evaluation (``prompt`` in TRL's conversational
-format plus the reference ``answer``) and grades completions. Grading follows the paper's rule:
+format plus the reference ``answer``) and grades completions, each against its own row, through one
+entry, :meth:`Task.grade`, which the training reward, the logged training accuracy and evaluation
+all call. Grading follows the paper's rule:
 the answer is the text after the LAST answer marker, and the training reward additionally
 requires the marker to appear exactly once. Tasks whose answers are numbers or option letters
 (``ignore_marker_headings``) do not count a markdown heading such as ``#### Step 1`` (a line-start
@@ -12,7 +14,7 @@ they are written to run in linear time and never to execute or ``eval()`` anythi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hrpo.marker import answer_marker_spans, answer_start
@@ -73,7 +75,8 @@ class Task:
 
     Subclasses set ``name`` (and optionally ``splits`` and ``answer_format``, a sentence added to
     the system prompt), implement :meth:`_load`, and override :meth:`is_correct` when exact string
-    equality is not the right comparison.
+    equality is not the right comparison (and :meth:`grade_row` when grading reads more of the row
+    than its ``answer``).
     """
 
     name: str = "task"
@@ -154,30 +157,64 @@ class Task:
         """Whether an extracted answer matches the reference; must not raise on any string."""
         return predicted == clean_answer(reference)
 
-    def score(self, completion: str, reference: str, *, strict_format: bool = False) -> float:
-        """1.0 if the answer after the last marker is correct, else 0.0.
+    def graded_answer(self, completion: Any, strict_format: bool = False) -> str | None:
+        """The answer a grader compares, or None when the completion earns 0 whatever the reference.
 
-        With ``strict_format`` (the paper's training reward) the completion must also contain the
-        marker exactly once (headings aside, see ``ignore_marker_headings``).
+        The opening checks every grader shares: the completion must be text with an answer marker
+        and, with ``strict_format`` (the paper's training reward), exactly one marker (headings
+        aside, see ``ignore_marker_headings``).
         """
-        if not isinstance(completion, str) or not isinstance(reference, str):
-            return 0.0
+        if not isinstance(completion, str):
+            return None
         if strict_format and self.marker_count(completion) != 1:
+            return None
+        return self.extract_answer(completion)
+
+    def score(self, completion: str, reference: str, *, strict_format: bool = False) -> float:
+        """1.0 if the answer after the last marker is correct, else 0.0 (see :meth:`graded_answer`)."""
+        if not isinstance(reference, str):
             return 0.0
-        predicted = self.extract_answer(completion)
+        predicted = self.graded_answer(completion, strict_format)
         if predicted is None:
             return 0.0
         return 1.0 if self.is_correct(predicted, reference) else 0.0
 
-    def reward_function(self, strict_format: bool = True) -> Callable[..., list[float]]:
-        """A TRL reward function ``f(prompts, completions, **columns)`` reading ``columns["answer"]``."""
+    def grade(
+        self, completions: Sequence[Any], rows: Sequence[Row], strict_format: bool = False
+    ) -> list[float]:
+        """One score per completion, each against its own dataset row (``rows[i]`` for ``completions[i]``).
+
+        The one grading path: the training reward, the logged training accuracy and evaluation all
+        call it, so they cannot disagree. A completion is a string or TRL's conversational form
+        (anything else scores 0); a row is the completion's dataset row, read for ``answer`` and
+        whatever else the task grades with (multiple-choice ``options``).
+        """
+        if len(rows) != len(completions):
+            raise ValueError(f"{len(completions)} completions but {len(rows)} rows")
+        scores = []
+        for completion, row in zip(completions, rows, strict=True):
+            text = completion_text(completion)
+            scores.append(0.0 if text is None else self.grade_row(text, row, strict_format))
+        return scores
+
+    def grade_row(self, completion: str, row: Row, strict_format: bool = False) -> float:
+        """Score one completion text against its row; tasks grading with more than ``answer`` override it.
+
+        A reference that is not a string (an int from a custom data set) is graded as its ``str``.
+        """
+        reference = row.get("answer")
+        if reference is None:
+            return 0.0
+        ref = reference if isinstance(reference, str) else str(reference)
+        return self.score(completion, ref, strict_format=strict_format)
+
+    def reward_function(self, strict_format: bool = True) -> TaskReward:
+        """A TRL reward function ``f(prompts, completions, **columns)``: :meth:`grade` over the columns."""
         return TaskReward(self, strict_format=strict_format)
 
     def format_score(self, completion: str) -> float:
         """1.0 if the completion has the marker exactly once with a non-empty answer after it."""
-        if not isinstance(completion, str) or self.marker_count(completion) != 1:
-            return 0.0
-        return 1.0 if self.extract_answer(completion) else 0.0
+        return 1.0 if self.graded_answer(completion, strict_format=True) else 0.0
 
     def format_reward_function(self) -> Callable[..., list[float]]:
         """A shaping reward for the output format alone (not in the paper; see ``format_reward_weight``)."""
@@ -217,8 +254,22 @@ class FormatReward:
         return [self.task.format_score(completion_text(c) or "") for c in completions]
 
 
+def column_rows(columns: Mapping[str, Any], n: int) -> list[Row]:
+    """TRL's reward columns (each dataset column repeated to line up with the completions) as ``n`` rows.
+
+    Keyword values that are not columns (TRL also passes objects such as ``trainer_state``) are left
+    out, and so is a column from the rows past its end.
+    """
+    cols = {
+        k: v
+        for k, v in columns.items()
+        if not isinstance(v, (str, bytes, Mapping)) and hasattr(v, "__len__") and hasattr(v, "__getitem__")
+    }
+    return [{k: v[i] for k, v in cols.items() if len(v) > i} for i in range(n)]
+
+
 class TaskReward:
-    """A task's accuracy reward as a picklable callable with a ``__name__`` (TRL's metric name)."""
+    """A task's accuracy reward, :meth:`Task.grade` as a picklable callable named ``<task>_accuracy``."""
 
     def __init__(self, task: Task, *, strict_format: bool = True) -> None:
         self.task = task
@@ -233,16 +284,7 @@ class TaskReward:
     ) -> list[float]:
         if "answer" not in columns:
             raise KeyError(f"{self.__name__} needs the 'answer' column; got columns {sorted(columns)}")
-        references = columns["answer"]
-        if len(references) != len(completions):
-            raise ValueError(f"{len(completions)} completions but {len(references)} answers")
-        rewards = []
-        for i, (completion, reference) in enumerate(zip(completions, references, strict=True)):
-            text = completion_text(completion)
-            rewards.append(0.0 if text is None else self.score_one(text, reference, columns, i))
-        return rewards
-
-    def score_one(self, text: str, reference: Any, columns: dict[str, Any], i: int) -> float:
-        """Score completion ``i``; subclasses override to use other columns or reference types."""
-        ref = reference if isinstance(reference, str) else None if reference is None else str(reference)
-        return 0.0 if ref is None else self.task.score(text, ref, strict_format=self.strict_format)
+        if len(columns["answer"]) != len(completions):
+            raise ValueError(f"{len(completions)} completions but {len(columns['answer'])} answers")
+        rows = column_rows(columns, len(completions))
+        return self.task.grade(completions, rows, strict_format=self.strict_format)

@@ -16,7 +16,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hrpo.tasks.base import DEFAULT_MARKER, FileTask, Row, TaskReward, clean_answer
+from hrpo.tasks.base import DEFAULT_MARKER, FileTask, Row, clean_answer
 from hrpo.tasks.data import field, load_split
 
 LETTERS = string.ascii_uppercase
@@ -205,12 +205,19 @@ class MultipleChoiceTask(FileTask):
         texts = _option_texts(options)
         return extract_choice(answer, len(texts) if texts else self.max_options, texts)
 
-    def is_correct(self, predicted: str, reference: str) -> bool:
+    def is_correct(self, predicted: str, reference: str, options: Sequence[str] | None = None) -> bool:
+        """Whether ``predicted`` names the reference letter among the valid ones.
+
+        ``options`` (the row's option texts) bounds the valid letters to the question's own count
+        and lets an answer that repeats one option's text count as that option; without them,
+        letters beyond the data set's widest question (``max_options``) are invalid.
+        """
+        texts = _option_texts(options)
+        n_options = len(texts) if texts else self.max_options
         ref = _reference_letter(reference)
-        # Without the row's options, letters beyond the data set's widest question are invalid.
-        if ref is None or LETTERS.index(ref) >= self.max_options:
+        if ref is None or LETTERS.index(ref) >= n_options:
             return False
-        return extract_choice(predicted, self.max_options) == ref
+        return extract_choice(predicted, n_options, texts) == ref
 
     def score(
         self,
@@ -220,42 +227,20 @@ class MultipleChoiceTask(FileTask):
         strict_format: bool = False,
         options: Sequence[str] | None = None,
     ) -> float:
-        """1.0 if the letter after the last marker is ``reference``, else 0.0.
-
-        ``options`` (the row's option texts) bounds the valid letters to the question's own count
-        and lets an answer that repeats one option's text count as that option.
-        """
+        """1.0 if the letter after the last marker is ``reference`` (see :meth:`is_correct`), else 0.0."""
         try:
-            if not isinstance(completion, str) or not isinstance(reference, str):
+            predicted = self.graded_answer(completion, strict_format)
+            if predicted is None or not isinstance(reference, str):
                 return 0.0
-            if strict_format and self.marker_count(completion) != 1:
-                return 0.0
-            texts = _option_texts(options)
-            if texts is None:
-                return super().score(completion, reference, strict_format=strict_format)
-            ref = _reference_letter(reference)
-            if ref is None or LETTERS.index(ref) >= len(texts):
-                return 0.0
-            return 1.0 if self.extract_choice(completion, texts) == ref else 0.0
+            return 1.0 if self.is_correct(predicted, reference, options) else 0.0
         except Exception:  # a grader must never crash training over one odd completion
             return 0.0
 
-    def reward_function(self, strict_format: bool = True) -> ChoiceReward:
-        """Like :meth:`Task.reward_function`, also reading an ``options`` column when TRL passes one."""
-        return ChoiceReward(self, strict_format=strict_format)
-
-
-class ChoiceReward(TaskReward):
-    """A multiple-choice accuracy reward that grades with each row's ``options`` when present."""
-
-    task: MultipleChoiceTask
-
-    def score_one(self, text: str, reference: Any, columns: dict[str, Any], i: int) -> float:
-        options = columns.get("options")
-        opts = options[i] if options is not None and len(options) > i else None
-        if not isinstance(reference, str):
-            return 0.0
-        return self.task.score(text, reference, strict_format=self.strict_format, options=opts)
+    def grade_row(self, completion: str, row: Row, strict_format: bool = False) -> float:
+        """Graded with the row's ``options`` when it has them."""
+        return self.score(
+            completion, row.get("answer"), strict_format=strict_format, options=row.get("options")
+        )
 
 
 class MMLUStemTask(MultipleChoiceTask):

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hrpo.tasks.base import DEFAULT_MARKER, FileTask, Row, TaskReward, clean_answer
+from hrpo.tasks.base import DEFAULT_MARKER, FileTask, Row, clean_answer
 from hrpo.tasks.data import field, load_split
 
 # FlashRAG's benchmark collection on the hub; its config names are the data set names
@@ -267,14 +267,7 @@ class QATask(FileTask):
         ``reference`` is the row's ``answer`` (a JSON list string), a single answer or a list.
         """
         try:
-            if not isinstance(completion, str):
-                return 0.0
-            if strict_format and self.marker_count(completion) != 1:
-                return 0.0
-            predicted = self.extract_answer(completion)
-            if not predicted:
-                return 0.0
-            return exact_match(predicted, reference)
+            return exact_match(self.graded_answer(completion, strict_format), reference)
         except Exception:  # a grader must never crash training over one odd completion
             return 0.0
 
@@ -283,26 +276,10 @@ class QATask(FileTask):
     ) -> float:
         """The best token F1 of the answer after the last marker over the golds (a reporting metric)."""
         try:
-            if not isinstance(completion, str):
-                return 0.0
-            if strict_format and self.marker_count(completion) != 1:
-                return 0.0
-            return f1(self.extract_answer(completion), reference)
+            return f1(self.graded_answer(completion, strict_format), reference)
         except Exception:
             return 0.0
 
-    def reward_function(self, strict_format: bool = True) -> QAReward:
-        """Like :meth:`Task.reward_function`, accepting list references as well as JSON strings."""
-        return QAReward(self, strict_format=strict_format)
-
-
-class QAReward(TaskReward):
-    """A QA accuracy reward passing each reference through as is (JSON string, answer or list)."""
-
-    task: QATask
-
-    def score_one(self, text: str, reference: Any, columns: dict[str, Any], i: int) -> float:
-        # The base class would str() a list into its repr, which no longer parses as golds.
-        if reference is None:
-            return 0.0
-        return self.task.score(text, reference, strict_format=self.strict_format)
+    def grade_row(self, completion: str, row: Row, strict_format: bool = False) -> float:
+        """The row's ``answer`` is passed as it is: a list of golds must not become its repr string."""
+        return self.score(completion, row.get("answer"), strict_format=strict_format)
