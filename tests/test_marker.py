@@ -11,16 +11,14 @@ from transformers import PreTrainedTokenizerFast
 from hrpo.marker import (
     WHITESPACE,
     MarkerTracker,
-    TokenBytes,
     _byte_dfa,
     _ByteRule,
     answer_marker_spans,
     answer_start,
     compile_marker,
     find_markers,
-    token_bytes,
-    token_strings,
 )
+from hrpo.token_bytes import TokenBytes, token_bytes, token_strings
 from tiny import force_tokens, tiny_sentencepiece_tokenizer, tiny_tokenizer
 
 TOK = tiny_tokenizer()

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hrpo import HybridModel, RolloutConfig, RolloutEngine
-from hrpo.marker import MarkerTracker, token_strings
+from hrpo.marker import MarkerTracker
+from hrpo.token_bytes import token_strings
 from invariance import Tokens, assert_same_until_near_ties, check_agreement, decision_gaps
 from tiny import greedy_generate_reference
 

@@ -25,7 +25,7 @@ from accelerate import Accelerator, DistributedType
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, get_scheduler
 
-from hrpo.config import HRPOConfig
+from hrpo.config import HRPOConfig, recipe_path
 from hrpo.gate import HybridGate
 from hrpo.model import HybridModel
 from hrpo.reward import RewardFunc, reward_name
@@ -111,7 +111,7 @@ def check_engine(accelerator: Accelerator) -> None:
         raise ValueError(
             "DeepSpeed is not supported: its engine steps the optimiser inside backward(), and hrpo "
             "runs several backward passes per step. Use FSDP2 for sharding "
-            "(accelerate launch --config_file configs/accelerate/fsdp.yaml ...)"
+            f"(accelerate launch --config_file {recipe_path('accelerate/fsdp')} ...)"
         )
     if kind == DistributedType.FSDP and getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
         raise ValueError("hrpo needs FSDP2: set fsdp_version: 2 in the accelerate config")

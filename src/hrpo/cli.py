@@ -252,7 +252,7 @@ def _model_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
-    from hrpo.config import describe_fields
+    from hrpo.config import describe_fields, recipes
 
     p = sub.add_parser(
         "train",
@@ -266,7 +266,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. learning_rate=1e-4"
     )
-    p.add_argument("--config", default=None, help="YAML config file (e.g. configs/quickstart.yaml)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="YAML config file or packaged recipe name (a file that exists wins; recipes: "
+        + ", ".join(recipes())
+        + ")",
+    )
     p.add_argument(
         "--resume",
         nargs="?",
@@ -312,7 +318,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
         "interrupted ones.",
         epilog="sweep file (YAML):\n"
         "  name: arithmetic-ablations\n"
-        "  base_config: ../configs/quickstart.yaml   # relative to the sweep file\n"
+        "  base_config: quickstart                   # a recipe name, or a path relative to the sweep file\n"
         "  output_dir: runs/sweep-arithmetic\n"
         "  common: {max_steps: 20}                   # config keys shared by every run\n"
         "  seeds: [0, 1, 2]\n"

@@ -24,12 +24,10 @@ files; the run directory (its files, who may write it, what a resume discards) i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ from tqdm.auto import tqdm
 
 from hrpo import build, checkpoint
 from hrpo.advantage import group_advantages
+from hrpo.batch import StepBatch, UpdateStats
 from hrpo.config import HRPOConfig
 from hrpo.distributed import full_optimizer_state, gathered_parameters
 from hrpo.evaluation import evaluate
@@ -60,6 +59,7 @@ from hrpo.rundir import (
     read_eval,
     write_eval,
 )
+from hrpo.sampling import stable_seed
 from hrpo.storage import atomic_file
 
 
@@ -71,65 +71,11 @@ class TrainingInterrupted(Exception):
         self.checkpoint, self.step = checkpoint, step
 
 
-def _seed_for(*parts: int) -> int:
-    """A stable 63-bit seed from integers (Python's hash() is salted per process)."""
-    digest = hashlib.sha256(",".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 def peak_memory_gb() -> float:
     """This step's peak GPU memory allocated (GiB) on CUDA; the process's peak RSS on CPU."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
-
-
-@dataclass
-class StepBatch:
-    """What one optimiser step is computed from (this process's share; ``all_*``: every process's)."""
-
-    step: int
-    rows: list[dict[str, Any]]
-    """The dataset row of each completion (a prompt's row repeated G times)."""
-    rollout: Rollout
-    rewards: torch.Tensor
-    """(N,) weighted total reward of this process's completions."""
-    reward_parts: dict[str, torch.Tensor]
-    """Each reward function's (N,) unweighted values, by name."""
-    all_rewards: torch.Tensor
-    """(N × processes,) every process's total rewards, in process order."""
-    all_advantages: torch.Tensor
-    advantages: torch.Tensor
-    """(N,) this process's slice of ``all_advantages``."""
-    ref_logprobs: torch.Tensor | None
-    old_logprobs: torch.Tensor | None
-    normalizer: LossNormalizer
-    started: float
-    """``time.perf_counter()`` when the step began."""
-    rollout_seconds: float
-
-    def samples(self, limit: int) -> list[dict[str, Any]]:
-        """The first ``limit`` completions with their rewards and advantages, for samples.jsonl."""
-        ro = self.rollout
-        return [
-            {
-                "prompt": ro.prompt_texts[i],
-                "completion": ro.completion_texts[i],
-                "reward": float(self.rewards[i]),
-                "advantage": float(self.advantages[i]),
-            }
-            for i in range(min(len(ro), limit))
-        ]
-
-
-@dataclass
-class UpdateStats:
-    """Sums over an update's micro-batches (this process), for the step's metrics."""
-
-    loss: float = 0.0
-    kl: float = 0.0
-    clipped: float = 0.0
-    grad_norm: float = 0.0
 
 
 class HRPOTrainer:
@@ -202,7 +148,7 @@ class HRPOTrainer:
         for k in range(start, start + self.prompts_per_process):
             epoch, pos = divmod(k, n)
             if self._order_epoch != epoch:
-                self._order = np.random.default_rng(_seed_for(self.config.seed, epoch)).permutation(n)
+                self._order = np.random.default_rng(stable_seed(self.config.seed, epoch)).permutation(n)
                 self._order_epoch = epoch
             rows.append(self.train_dataset[int(self._order[pos])])
         return rows
@@ -218,7 +164,7 @@ class HRPOTrainer:
         first = self.accelerator.process_index * calls_per_process
         parts = []
         for k, s in enumerate(range(0, len(rows), size)):
-            seed = _seed_for(self.config.seed, step, first + k)
+            seed = stable_seed(self.config.seed, step, first + k)
             parts.append(self.engine.generate([r["prompt"] for r in rows[s : s + size]], seed=seed))
         return concat_rollouts(parts, self.engine.pad_id)
 
@@ -374,10 +320,7 @@ class HRPOTrainer:
         for name, values in batch.reward_parts.items():
             metrics[f"rewards/{name}"] = mean(values)
         if self.task is not None:
-            correct = [
-                self.task.score(c, r.get("answer"))
-                for c, r in zip(ro.completion_texts, batch.rows, strict=True)
-            ]
+            correct = self.task.grade(ro.completion_texts, batch.rows)
             metrics["accuracy"] = mean(torch.tensor(correct))
         metrics["kl"] = total(stats.kl) / cfg.num_iterations / tokens
         metrics["clip_ratio"] = total(stats.clipped) / (cfg.num_iterations * tokens)
