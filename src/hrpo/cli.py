@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import shlex
 import sys
@@ -15,6 +16,7 @@ import torch
 
 from hrpo import __version__
 from hrpo.config import FIELD_RANGES, Range
+from hrpo.rollout import RolloutConfig
 from hrpo.storage import atomic_write_text
 
 
@@ -39,6 +41,20 @@ def _checked(kind: type[int] | type[float], allowed: Range) -> Callable[[str], i
 
 _POSITIVE_INT = _checked(int, Range(1))
 _SEED = _checked(int, FIELD_RANGES["seed"])
+# The decoding options' defaults are RolloutConfig's own, so each is written once, in its field.
+_ROLLOUT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RolloutConfig)}
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An option's old name: parsed and stored like the new one, with a warning on stderr."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -74,7 +90,7 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
         "(text or chat messages)",
     )
     _add_model_args(p)
-    _add_decoding_args(p, max_new_tokens=256)
+    _add_decoding_args(p, max_completion_length=256)
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     p.add_argument("--no-hybrid", action="store_true", help="plain token decoding (no latent mixing)")
     p.add_argument(
@@ -97,40 +113,68 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
-def _add_decoding_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+def _add_decoding_args(p: argparse.ArgumentParser, max_completion_length: int | None = None) -> None:
+    """The options :func:`_rollout_config` reads, defaulting to RolloutConfig's own values
+    (``max_completion_length``: the command's, if it gives one)."""
+    d = _ROLLOUT_DEFAULTS
+    length = d["max_completion_length"] if max_completion_length is None else max_completion_length
     p.add_argument(
         "--checkpoint",
         default=None,
         help="hrpo checkpoint directory (LoRA adapter or full weights, plus gate) to load on top of --model",
     )
     p.add_argument(
-        "--max-new-tokens",
+        "--max-completion-length",
         type=_POSITIVE_INT,
-        default=max_new_tokens,
-        help=f"maximum completion length in tokens (default {max_new_tokens})",
+        default=length,
+        help=f"maximum completion length in tokens (default {length})",
+    )
+    p.add_argument(  # the option's name before it took the config key's
+        "--max-new-tokens",
+        dest="max_completion_length",
+        type=_POSITIVE_INT,
+        default=argparse.SUPPRESS,
+        action=_DeprecatedAlias,
+        new="--max-completion-length",
+        help=argparse.SUPPRESS,
     )
     p.add_argument(
         "--temperature",
         type=_checked(float, FIELD_RANGES["temperature"]),
-        default=0.5,
-        help="sampling temperature τ, also used for the latent (0.5)",
+        default=d["temperature"],
+        help=f"sampling temperature τ, also used for the latent ({d['temperature']})",
     )
     p.add_argument(
         "--top-k",
         type=_checked(int, Range(0, why="0 keeps all tokens")),
-        default=50,
-        help="keep the k most likely tokens; 0 keeps all (default 50)",
+        default=d["top_k"],
+        help=f"keep the k most likely tokens; 0 keeps all (default {d['top_k']})",
     )
     p.add_argument(
         "--top-p",
         type=_checked(float, FIELD_RANGES["top_p"]),
-        default=1.0,
-        help="nucleus sampling mass after top-k; 1.0 disables (default)",
+        default=d["top_p"],
+        help=f"nucleus sampling mass after top-k; 1.0 disables (default {d['top_p']})",
     )
     p.add_argument(
-        "--answer-marker", default="####", help="string that ends the thinking phase (default '####')"
+        "--answer-marker",
+        default=d["answer_marker"],
+        help=f"string that ends the thinking phase (default {d['answer_marker']!r})",
     )
     p.add_argument("--seed", type=_SEED, default=None, help="random seed for sampling and for a fresh gate")
+
+
+def _rollout_config(args: argparse.Namespace, **settings) -> RolloutConfig:
+    """The command's rollout settings: the options of :func:`_add_decoding_args`, then the
+    command's own ``settings``; every other field keeps RolloutConfig's default."""
+    return RolloutConfig(
+        max_completion_length=args.max_completion_length,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        answer_marker=args.answer_marker,
+        **settings,
+    )
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -154,7 +198,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
         help="tasks to evaluate: registered names (below) or custom ones as package.module:ClassName",
     )
     _add_model_args(p)
-    _add_decoding_args(p, max_new_tokens=512)
+    _add_decoding_args(p)
     p.add_argument(
         "--data",
         action="append",
@@ -221,7 +265,7 @@ def _inspect_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("prompt", help="the prompt (a user turn in the chat template unless --raw)")
     _add_model_args(p)
-    _add_decoding_args(p, max_new_tokens=128)
+    _add_decoding_args(p, max_completion_length=128)
     p.add_argument("--sample", action="store_true", help="sample at --temperature instead of greedy decoding")
     p.add_argument(
         "--top", type=_POSITIVE_INT, default=5, help="nearest vocabulary tokens shown per latent (default 5)"
@@ -573,7 +617,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from hrpo.evaluation import evaluate
     from hrpo.loading import resolve_model_path
     from hrpo.paper import benchmark_name, paper_result
-    from hrpo.rollout import RolloutConfig
     from hrpo.tasks import get_task
 
     if args.pass_k and max(args.pass_k) > args.num_samples:
@@ -619,21 +662,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 "temperature": args.temperature,
                 "top_k": args.top_k,
                 "top_p": args.top_p,
-                "max_new_tokens": args.max_new_tokens,
+                "max_completion_length": args.max_completion_length,
                 "answer_marker": args.answer_marker,
                 "ignore_marker_headings": bool(getattr(task, "ignore_marker_headings", False)),
                 "hybrid": hybrid,
                 "seed": args.seed,
             }
             _check_resumable(run_dir, settings)
-            cfg = RolloutConfig(
+            cfg = _rollout_config(
+                args,
                 max_prompt_length=args.max_prompt_length,
-                max_completion_length=args.max_new_tokens,
-                temperature=args.temperature,
-                top_k=args.top_k,
-                top_p=args.top_p,
                 hybrid=hybrid,
-                answer_marker=args.answer_marker,
                 ignore_marker_headings=bool(getattr(task, "ignore_marker_headings", False)),
             )
             start = time.perf_counter()
@@ -681,12 +720,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# Settings files written before --max-new-tokens took the config key's name hold the old one.
+_RENAMED_SETTINGS = {"max_new_tokens": "max_completion_length"}
+
+
 def _check_resumable(run_dir, settings: dict) -> None:
     """Refuse to mix predictions made with other settings into ``run_dir``."""
 
     config_file = run_dir / "eval_config.json"
     if config_file.is_file():
-        old = json.loads(config_file.read_text())
+        old = {_RENAMED_SETTINGS.get(k, k): v for k, v in json.loads(config_file.read_text()).items()}
         changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if changed and (run_dir / "predictions.jsonl").is_file():
             what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -749,23 +792,19 @@ class _Streamer:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from hrpo.rollout import RolloutConfig, RolloutEngine
+    from hrpo.rollout import RolloutEngine
 
     prompts = _read_prompts(args)
     if not prompts:
         print("hrpo generate: no prompts given (arguments, --file or stdin)", file=sys.stderr)
         return 2
     model, tok = _load_hybrid(args)
-    cfg = RolloutConfig(
+    cfg = _rollout_config(
+        args,
         num_generations=args.num_generations,
         max_prompt_length=None,
-        max_completion_length=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
         do_sample=not args.greedy,
         hybrid=not args.no_hybrid,
-        answer_marker=args.answer_marker,
         ignore_marker_headings=args.ignore_marker_headings,
         system_prompt=args.system_prompt,
         chat_template=not args.raw,
@@ -814,18 +853,13 @@ def _completion_record(prompt, text: str, ro, i: int) -> dict:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from hrpo.inspection import format_table, inspect_prompt, plot_heatmap
-    from hrpo.rollout import RolloutConfig
     from hrpo.tasks.base import format_instruction
 
     model, tok = _load_hybrid(args)
-    cfg = RolloutConfig(
+    cfg = _rollout_config(
+        args,
         max_prompt_length=None,
-        max_completion_length=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
         do_sample=args.sample,
-        answer_marker=args.answer_marker,
         ignore_marker_headings=args.ignore_marker_headings,
         system_prompt=args.system_prompt or format_instruction(args.answer_marker),
         chat_template=not args.raw,

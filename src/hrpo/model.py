@@ -245,7 +245,7 @@ class HybridModel(nn.Module):
             "r_min": self.gate.r_min,
             "r_max": self.gate.r_max,
             "c": self.gate.c,
-            "mix": self.gate.mix,
+            "mix": self.gate.hybrid_mix,  # the file key predates the rename: older readers know it
             "latent_source": self.gate.latent_source,
             "adapter": isinstance(self.model, PeftModel),
         }
@@ -326,7 +326,7 @@ class HybridModel(nn.Module):
             r_min=meta["r_min"],
             r_max=meta["r_max"],
             c=meta["c"],
-            mix=meta.get("mix", "gated"),
+            hybrid_mix=meta.get("mix", "gated"),
             latent_source=meta.get("latent_source", "projection"),
         )
         gate.load_state_dict(load_file(str(path / GATE_WEIGHTS)))

@@ -217,8 +217,8 @@ class HRPOTrainer:
             answer_marker=cfg.answer_marker,
             # The rollout must end thinking where the task's grader finds the answer marker.
             ignore_marker_headings=bool(getattr(self.task, "ignore_marker_headings", False)),
-            backend=cfg.rollout_backend,
-            cache=cfg.cache_implementation,
+            rollout_backend=cfg.rollout_backend,
+            cache_implementation=cfg.cache_implementation,
             compact_finished=cfg.compact_finished,
             sync_every=cfg.sync_every,
         )
@@ -266,7 +266,7 @@ class HRPOTrainer:
             r_min=cfg.r_min,
             r_max=cfg.r_max,
             generator=gen,
-            mix=cfg.hybrid_mix,
+            hybrid_mix=cfg.hybrid_mix,
             latent_source=cfg.latent_source,
         )
         hybrid = HybridModel(model, gate).to(device)
