@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import hrpo.cli
+import hrpo.cli.common
 from hrpo.cli import build_parser, main
 from hrpo.config import FIELD_RANGES
 
@@ -17,7 +17,7 @@ def no_model_loads(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(hrpo.cli, "_load_hybrid", refuse)
+    monkeypatch.setattr(hrpo.cli.common, "load_hybrid", refuse)
     monkeypatch.setattr("hrpo.loading.load_model", refuse)
 
 
