@@ -27,8 +27,8 @@ from rollout_throughput import PROMPTS  # noqa: E402
 
 BACKENDS = {
     "eager_dynamic": {},
-    "eager_static": {"cache": "static"},
-    "compiled": {"backend": "compiled"},
+    "eager_static": {"cache_implementation": "static"},
+    "compiled": {"rollout_backend": "compiled"},
 }
 
 

@@ -1,8 +1,8 @@
 """Rollout throughput: (a) hrpo hybrid rollouts, (b) hrpo plain rollouts, (c) ``model.generate``
 sampling, (d) a reference-implementation-style hybrid loop (``reference_loop.py``). Variants of (a):
-``hybrid_static`` (static KV cache) and ``hybrid_compiled`` (``backend="compiled"``: torch.compile'd
-decoding step over a static cache; its warm-up runs at full length, since that is where it compiles,
-and the warm-up's duration is reported as ``hybrid_compiled_warmup_s``).
+``hybrid_static`` (static KV cache) and ``hybrid_compiled`` (``rollout_backend="compiled"``:
+torch.compile'd decoding step over a static cache; its warm-up runs at full length, since that is
+where it compiles, and the warm-up's duration is reported as ``hybrid_compiled_warmup_s``).
 
 All four generate exactly ``--new-tokens`` tokens per sequence (EOS ignored) for the same
 prompts, batch size, temperature and top-k, timed in one process, one after the other, each
@@ -107,9 +107,11 @@ def main() -> None:
         engines = {
             "hybrid": RolloutEngine(model, tok, RolloutConfig(hybrid=True, **common)),
             "plain": RolloutEngine(model, tok, RolloutConfig(hybrid=False, **common)),
-            "hybrid_static": RolloutEngine(model, tok, RolloutConfig(hybrid=True, cache="static", **common)),
+            "hybrid_static": RolloutEngine(
+                model, tok, RolloutConfig(hybrid=True, cache_implementation="static", **common)
+            ),
             "hybrid_compiled": RolloutEngine(
-                model, tok, RolloutConfig(hybrid=True, backend="compiled", **common)
+                model, tok, RolloutConfig(hybrid=True, rollout_backend="compiled", **common)
             ),
         }
         ids, mask, _ = engines["hybrid"].encode(prompts)

@@ -30,7 +30,7 @@ def test_generate_json(tiny_dir, capsys):
                 str(tiny_dir),
                 "--greedy",
                 "--json",
-                "--max-new-tokens",
+                "--max-completion-length",
                 "6",
                 "--num-generations",
                 "2",

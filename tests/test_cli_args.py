@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import hrpo.cli
+import hrpo.cli.common
 from hrpo.cli import build_parser, main
 from hrpo.config import FIELD_RANGES
 
@@ -17,7 +17,7 @@ def no_model_loads(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(hrpo.cli, "_load_hybrid", refuse)
+    monkeypatch.setattr(hrpo.cli.common, "load_hybrid", refuse)
     monkeypatch.setattr("hrpo.loading.load_model", refuse)
 
 
@@ -30,7 +30,7 @@ BAD_ARGS = [
     (EVAL + ["--temperature", "inf"], "--temperature", r"must be a finite number > 0 \(got inf\)"),
     (EVAL + ["--top-p", "0"], "--top-p", r"must be in \(0, 1\] \(got 0.0\)"),
     (EVAL + ["--top-p", "1.5"], "--top-p", r"must be in \(0, 1\]"),
-    (EVAL + ["--max-new-tokens", "0"], "--max-new-tokens", r"must be >= 1 \(got 0\)"),
+    (EVAL + ["--max-completion-length", "0"], "--max-completion-length", r"must be >= 1 \(got 0\)"),
     (EVAL + ["--batch-size", "0"], "--batch-size", r"must be >= 1"),
     (EVAL + ["--num-samples", "0"], "--num-samples", r"must be >= 1"),
     (EVAL + ["--limit", "0"], "--limit", r"must be >= 1"),
@@ -65,10 +65,37 @@ def test_edge_values_parse_to_numbers():
     args = build_parser().parse_args(
         EVAL
         + ["--top-k", "0", "--top-p", "1", "--temperature", "1e-3", "--limit", "1", "--seed", "0"]
-        + ["--num-samples", "1", "--batch-size", "1", "--pass-k", "1", "--max-new-tokens", "1"]
+        + ["--num-samples", "1", "--batch-size", "1", "--pass-k", "1", "--max-completion-length", "1"]
     )
     assert (args.top_k, args.top_p, args.temperature, args.limit, args.seed) == (0, 1.0, 1e-3, 1, 0)
-    assert isinstance(args.top_p, float) and args.pass_k == [1] and args.max_new_tokens == 1
+    assert isinstance(args.top_p, float) and args.pass_k == [1] and args.max_completion_length == 1
+
+
+@pytest.mark.parametrize("command", [EVAL, ["generate"], ["inspect", "hi"]])
+def test_max_new_tokens_is_a_deprecated_hidden_alias(command, capsys):
+    parser = build_parser()
+    assert parser.parse_args(command).max_completion_length == {"eval": 512, "generate": 256}.get(
+        command[0], 128
+    )
+    assert parser.parse_args([*command, "--max-new-tokens", "7"]).max_completion_length == 7
+    assert "--max-new-tokens is deprecated; use --max-completion-length" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args([command[0], "--help"])
+    text = capsys.readouterr().out
+    assert "--max-completion-length" in text and "--max-new-tokens" not in text
+
+
+def test_decoding_defaults_are_the_rollout_config_defaults():
+    """`hrpo generate/eval/inspect` build their RolloutConfig from options whose defaults are the
+    dataclass's own."""
+    import dataclasses
+
+    from hrpo.rollout import RolloutConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(RolloutConfig)}
+    args = build_parser().parse_args(EVAL)
+    for name in ("temperature", "top_k", "top_p", "answer_marker", "max_completion_length"):
+        assert getattr(args, name) == defaults[name], name
 
 
 def test_cli_and_config_agree_on_shared_ranges():

@@ -28,7 +28,7 @@ def _eval(tiny_dir, arith_file, out, *extra):
             str(tiny_dir),
             "--data",
             str(arith_file),
-            "--max-new-tokens",
+            "--max-completion-length",
             "5",
             "--batch-size",
             "2",
@@ -88,7 +88,7 @@ def test_eval_bad_data_names_the_record(tiny_dir, tmp_path, capsys):
 
 
 def test_generate_streams_the_same_text_as_json(tiny_dir, tmp_path, capsys):
-    args = ["generate", "--model", str(tiny_dir), "--greedy", "--max-new-tokens", "7"]
+    args = ["generate", "--model", str(tiny_dir), "--greedy", "--max-completion-length", "7"]
     assert main([*args, "--json", "what is 1 + 2 ?"]) == 0
     expected = json.loads(capsys.readouterr().out)["completion"]
     assert main([*args, "what is 1 + 2 ?"]) == 0
@@ -105,7 +105,7 @@ def test_generate_streams_the_same_text_as_json(tiny_dir, tmp_path, capsys):
 
 def test_inspect_json_and_png(tiny_dir, tmp_path, capsys):
     png = tmp_path / "heat.png"
-    args = ["inspect", "--model", str(tiny_dir), "--max-new-tokens", "6", "--top", "2", "--json"]
+    args = ["inspect", "--model", str(tiny_dir), "--max-completion-length", "6", "--top", "2", "--json"]
     assert main([*args, "--png", str(png), "what is 1 + 2 ?"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["tokens"]) >= 1 and png.is_file()
@@ -128,7 +128,7 @@ def test_eval_real_model_on_gsm8k_and_math500(tmp_path, capsys):
             f"math={SHARED / 'data/math/math500_sample.jsonl'}",
             "--limit",
             "3",
-            "--max-new-tokens",
+            "--max-completion-length",
             "48",
             "--batch-size",
             "3",
@@ -171,7 +171,7 @@ def test_custom_task_by_import_path(tiny_dir, tmp_path, monkeypatch, capsys):
         "        return rows[:limit]\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    args = ["eval", "--model", str(tiny_dir), "--max-new-tokens", "3", "--no-progress"]
+    args = ["eval", "--model", str(tiny_dir), "--max-completion-length", "3", "--no-progress"]
     assert (
         main([*args, "--task", "my_tasks:Echo", "--task-args", "{n: 2}", "--output", str(tmp_path / "o")])
         == 0

@@ -219,7 +219,7 @@ def test_paper_numbers_by_model_and_benchmark():
 
 
 def test_eval_table_shows_paper_numbers_and_groups(capsys):
-    from hrpo.cli import _print_eval_table
+    from hrpo.cli.eval import _print_eval_table
 
     entry = {
         "task": "mmlu_stem",

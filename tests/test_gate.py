@@ -109,14 +109,14 @@ def test_closed_gate_rollout_equals_plain_rollout(make_model, tok):
 
 
 def test_latent_only_mix_feeds_the_latent_alone():
-    gate = HybridGate(16, mix="latent_only")
+    gate = HybridGate(16, hybrid_mix="latent_only")
     e, h = torch.randn(2, 3, 16), torch.randn(2, 3, 16)
     mixed, a = gate(e, h)
     assert torch.equal(mixed, h) and torch.all(a == 0)
 
 
 def test_unknown_ablation_names_are_refused():
-    with pytest.raises(ValueError, match="mix"):
-        HybridGate(8, mix="sum")
+    with pytest.raises(ValueError, match="hybrid_mix"):
+        HybridGate(8, hybrid_mix="sum")
     with pytest.raises(ValueError, match="latent_source"):
         HybridGate(8, latent_source="logits")

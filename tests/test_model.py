@@ -127,10 +127,10 @@ def test_checkpoint_keeps_the_ablation_settings(make_model, tmp_path):
     from hrpo import HybridGate
 
     hf = make_model("qwen2")
-    gate = HybridGate(hf.config.hidden_size, mix="latent_only", latent_source="hidden_state")
+    gate = HybridGate(hf.config.hidden_size, hybrid_mix="latent_only", latent_source="hidden_state")
     HybridModel(hf, gate).save_pretrained(tmp_path / "abl")
     loaded = HybridModel.from_pretrained(tmp_path / "abl")
-    assert (loaded.gate.mix, loaded.gate.latent_source) == ("latent_only", "hidden_state")
+    assert (loaded.gate.hybrid_mix, loaded.gate.latent_source) == ("latent_only", "hidden_state")
 
 
 def test_adapter_checkpoint_needs_its_base_model(make_model, tmp_path):

@@ -199,7 +199,7 @@ def test_compacting_finished_sequences_changes_nothing(
         num_generations=group,
         hybrid=hybrid,
         do_sample=do_sample,
-        cache=cache,
+        cache_implementation=cache,
     )
     plain = engine(model, tok, compact_finished=False, **kw).generate(PROMPTS, seed=5)
     from transformers import DynamicCache
@@ -264,21 +264,23 @@ def test_static_cache_gives_the_same_rollouts(make_model, tok, arch, threads):
     model = HybridModel(eos_biased(make_model(arch), tok.eos_token_id, 0.1), seed=0, r_min=0.9, r_max=0.95)
     kw = dict(max_completion_length=24, temperature=1.0, num_generations=2)
     dynamic = engine(model, tok, compact_finished=False, **kw).generate(PROMPTS, seed=4)
-    cfg = RolloutConfig(cache="static", **kw)
+    cfg = RolloutConfig(cache_implementation="static", **kw)
     static = RolloutEngine(model, tok, cfg).generate(PROMPTS, seed=4)
     assert assert_same_until_near_ties(model, dynamic, static, cfg, seed=4, **HYBRID).compared >= len(static)
     assert_teacher_forced_parity(model, static, cfg)
-    with pytest.raises(ValueError, match="cache"):
-        RolloutConfig(cache="paged")
+    with pytest.raises(ValueError, match="cache_implementation"):
+        RolloutConfig(cache_implementation="paged")
 
 
-@pytest.mark.parametrize("mix,source", [("latent_only", "projection"), ("gated", "hidden_state")])
-def test_ablations_keep_rollout_and_teacher_forced_log_probs_equal(make_model, tok, mix, source):
+@pytest.mark.parametrize("hybrid_mix,source", [("latent_only", "projection"), ("gated", "hidden_state")])
+def test_ablations_keep_rollout_and_teacher_forced_log_probs_equal(make_model, tok, hybrid_mix, source):
     """The paper's ablations go through the same gate in rollouts and recomputation."""
     from hrpo import HybridGate
 
     hf = make_model("qwen2")
-    gate = HybridGate(hf.config.hidden_size, r_min=0.5, r_max=0.6, mix=mix, latent_source=source)
+    gate = HybridGate(
+        hf.config.hidden_size, r_min=0.5, r_max=0.6, hybrid_mix=hybrid_mix, latent_source=source
+    )
     model = HybridModel(hf, gate)
     eng = engine(model, tok, max_completion_length=24, temperature=0.7, num_generations=2)
     ro = eng.generate(PROMPTS, seed=3)
@@ -313,8 +315,8 @@ def test_compiled_backend_gives_the_same_rollouts(make_model, tok, hybrid):
     model = HybridModel(eos_biased(make_model("qwen2"), tok.eos_token_id, 0.2), seed=0, r_min=0.9, r_max=0.95)
     kw = dict(max_completion_length=40, temperature=1.0, num_generations=4, hybrid=hybrid)
     eager = engine(model, tok, **kw).generate(PROMPTS, seed=5)
-    eng = engine(model, tok, backend="compiled", **kw)
-    assert eng.config.cache == "static"
+    eng = engine(model, tok, rollout_backend="compiled", **kw)
+    assert eng.config.cache_implementation == "static"
     kept = []
     original = hrpo.rollout._select_static_rows
     hrpo.rollout._select_static_rows = lambda c, idx: (kept.append(len(idx)), original(c, idx))[1]
@@ -336,8 +338,8 @@ def test_compiled_backend_gives_the_same_rollouts(make_model, tok, hybrid):
     assert torch.equal(compiled.logprobs, again.logprobs)
     assert torch.equal(eager.prompt_ids, compiled.prompt_ids)  # bucketing padding is not returned
     assert_teacher_forced_parity(model, compiled, eng.config)
-    with pytest.raises(ValueError, match="backend"):
-        RolloutConfig(backend="vllm")
+    with pytest.raises(ValueError, match="rollout_backend"):
+        RolloutConfig(rollout_backend="vllm")
 
 
 def test_compiled_backend_falls_back_to_eager_when_compilation_fails(make_model, tok):
@@ -347,7 +349,7 @@ def test_compiled_backend_falls_back_to_eager_when_compilation_fails(make_model,
 
     torch._dynamo.reset()
     model = HybridModel(make_model("llama"), seed=0)
-    eng = engine(model, tok, backend="compiled", max_completion_length=8, do_sample=False)
+    eng = engine(model, tok, rollout_backend="compiled", max_completion_length=8, do_sample=False)
     broken = {"cpp.cxx": ("/nonexistent/g++",), "fx_graph_cache": False, "autotune_local_cache": False}
     with torch._inductor.config.patch(broken), pytest.warns(RuntimeWarning, match="decoding eagerly"):
         ro = eng.generate(PROMPTS)

@@ -148,7 +148,7 @@ def test_a_gate_forced_shut_trains_exactly_like_grpo(tmp_path, make_model, tok):
 @pytest.mark.parametrize("overrides", [{"hybrid_mix": "latent_only"}, {"latent_source": "hidden_state"}])
 def test_ablations_train(tmp_path, make_model, tok, overrides):
     tr = trainer(tmp_path, make_model, tok, **overrides)
-    assert (tr.model.gate.mix, tr.model.gate.latent_source) == (
+    assert (tr.model.gate.hybrid_mix, tr.model.gate.latent_source) == (
         overrides.get("hybrid_mix", "gated"),
         overrides.get("latent_source", "projection"),
     )
@@ -165,7 +165,8 @@ def test_compiled_rollout_backend_trains_like_the_eager_one(tmp_path, make_model
     torch._dynamo.reset()
     eager = trainer(tmp_path / "e", make_model, tok, max_steps=2)
     compiled = trainer(tmp_path / "c", make_model, tok, max_steps=2, rollout_backend="compiled")
-    assert compiled.engine.config.backend == "compiled" and compiled.engine.config.cache == "static"
+    rollout = compiled.engine.config
+    assert rollout.rollout_backend == "compiled" and rollout.cache_implementation == "static"
     # The compiled step's fused kernels round differently: its rollouts equal the eager ones up to
     # near ties (tests/invariance.py), and where the tokens are the same, so is the update.
     from hrpo.sampling import stable_seed

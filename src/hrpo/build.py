@@ -97,8 +97,8 @@ def rollout_config(cfg: HRPOConfig, task: Any | None = None) -> RolloutConfig:
         answer_marker=cfg.answer_marker,
         # The rollout must end thinking where the task's grader finds the answer marker.
         ignore_marker_headings=bool(getattr(task, "ignore_marker_headings", False)),
-        backend=cfg.rollout_backend,
-        cache=cfg.cache_implementation,
+        rollout_backend=cfg.rollout_backend,
+        cache_implementation=cfg.cache_implementation,
         compact_finished=cfg.compact_finished,
         sync_every=cfg.sync_every,
     )
@@ -162,7 +162,7 @@ def build_model(
         r_min=cfg.r_min,
         r_max=cfg.r_max,
         generator=torch.Generator().manual_seed(cfg.seed),
-        mix=cfg.hybrid_mix,
+        hybrid_mix=cfg.hybrid_mix,
         latent_source=cfg.latent_source,
     )
     hybrid = HybridModel(model, gate).to(device)

@@ -62,7 +62,7 @@ def write_model(
         "r_min": model.gate.r_min,
         "r_max": model.gate.r_max,
         "c": model.gate.c,
-        "mix": model.gate.mix,
+        "mix": model.gate.hybrid_mix,  # the file key predates the rename: older readers know it
         "latent_source": model.gate.latent_source,
         "adapter": isinstance(model.model, PeftModel),
     }
@@ -139,7 +139,7 @@ def read_model(
         r_min=meta["r_min"],
         r_max=meta["r_max"],
         c=meta["c"],
-        mix=meta.get("mix", "gated"),
+        hybrid_mix=meta.get("mix", "gated"),
         latent_source=meta.get("latent_source", "projection"),
     )
     gate.load_state_dict(load_file(str(path / GATE_WEIGHTS)))

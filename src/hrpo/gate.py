@@ -13,9 +13,9 @@ dimension, hence ``a = u^r`` starts close to 1 (almost pure token embeddings). T
 Two ablations of the paper (spec §5) are options of the gate, so that rollouts, teacher-forced
 recomputation and saved checkpoints all agree on them:
 
-- ``mix="latent_only"`` (interpolation only): ``e = h``, the latent replaces the token embedding
+- ``hybrid_mix="latent_only"`` (interpolation only): ``e = h``, the latent replaces the token embedding
   (``a = 0``); the gate's parameters are unused.
-- ``mix="closed"`` (a control, not in the paper): the gate is forced closed, ``a = 1``, so
+- ``hybrid_mix="closed"`` (a control, not in the paper): the gate is forced closed, ``a = 1``, so
   every position is fed its token embedding exactly while the rest of HRPO's path (latents,
   thinking masks, teacher forcing, the gate's optimiser groups) runs. A run with it must train
   exactly like plain GRPO (``hybrid: false``); if it does not, something besides the latent
@@ -58,7 +58,7 @@ class HybridGate(nn.Module):
         r_max: float = 0.999,
         c: float = 8.0,
         generator: torch.Generator | None = None,
-        mix: Literal["gated", "latent_only", "closed"] = "gated",
+        hybrid_mix: Literal["gated", "latent_only", "closed"] = "gated",
         latent_source: Literal["projection", "hidden_state"] = "projection",
     ) -> None:
         super().__init__()
@@ -68,13 +68,13 @@ class HybridGate(nn.Module):
             raise ValueError(f"gate init needs 0 < r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
         if not 0.0 < c < math.inf:  # also rejects NaN
             raise ValueError(f"gate constant c must be a finite number > 0, got {c}")
-        if mix not in MIXES:
-            raise ValueError(f"mix must be one of {MIXES}, got {mix!r}")
+        if hybrid_mix not in MIXES:
+            raise ValueError(f"hybrid_mix must be one of {MIXES}, got {hybrid_mix!r}")
         if latent_source not in LATENT_SOURCES:
             raise ValueError(f"latent_source must be one of {LATENT_SOURCES}, got {latent_source!r}")
         self.hidden_size = hidden_size
         self.r_min, self.r_max, self.c = r_min, r_max, c
-        self.mix, self.latent_source = mix, latent_source
+        self.hybrid_mix, self.latent_source = hybrid_mix, latent_source
         self.gate_r = nn.Linear(hidden_size, hidden_size, bias=True, dtype=torch.float32)
         self.gate_i = nn.Linear(hidden_size, hidden_size, bias=True, dtype=torch.float32)
         self.Lambda = nn.Parameter(torch.zeros(hidden_size, dtype=torch.float32))
@@ -102,13 +102,13 @@ class HybridGate(nn.Module):
         Returns the hybrid embeddings in ``token_embeds``'s dtype and ``a`` in float32.
         Where ``a`` is exactly 1 the latent coefficient is set to 0 instead of ``sqrt(ε)`` so
         that a closed gate reproduces the token embedding bit for bit.
-        With ``mix="latent_only"`` the result is the latent itself and ``a`` is 0; with
-        ``mix="closed"`` it is ``token_embeds`` itself and ``a`` is 1.
+        With ``hybrid_mix="latent_only"`` the result is the latent itself and ``a`` is 0; with
+        ``hybrid_mix="closed"`` it is ``token_embeds`` itself and ``a`` is 1.
         """
-        if self.mix == "closed":
+        if self.hybrid_mix == "closed":
             a = torch.ones(token_embeds.shape, dtype=torch.float32, device=token_embeds.device)
             return token_embeds, a
-        if self.mix == "latent_only":
+        if self.hybrid_mix == "latent_only":
             a = torch.zeros(token_embeds.shape, dtype=torch.float32, device=token_embeds.device)
             return latents.to(token_embeds.dtype), a
         with torch.autocast(device_type=token_embeds.device.type, enabled=False):
@@ -122,7 +122,7 @@ class HybridGate(nn.Module):
         return mixed.to(token_embeds.dtype), a
 
     def extra_repr(self) -> str:
-        extra = "" if self.mix == "gated" else f", mix={self.mix}"
+        extra = "" if self.hybrid_mix == "gated" else f", hybrid_mix={self.hybrid_mix}"
         if self.latent_source != "projection":
             extra += f", latent_source={self.latent_source}"
         return f"hidden_size={self.hidden_size}, r_min={self.r_min}, r_max={self.r_max}, c={self.c}{extra}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 STEM = ("GSM8K", "MATH", "MATH500", "MMLU-ST", "ARC-C")
 KNOWLEDGE = ("NQ", "TriviaQA", "HotpotQA", "2Wiki", "Bamboogle")
 
@@ -54,3 +56,13 @@ def paper_result(model: str | None, benchmark: str | None) -> tuple[float, float
     if m is None or benchmark is None:
         return None
     return PAPER_RESULTS.get((m, benchmark))
+
+
+def paper_accuracies(models: Sequence[str | None], benchmark: str | None) -> dict[str, float] | None:
+    """``{"grpo": ..., "hrpo": ...}`` published for the first of ``models`` (names or paths of one
+    model, e.g. the name given and the directory it resolved to) that the paper reports, or None."""
+    for model in models:
+        found = paper_result(model, benchmark)
+        if found:
+            return {"grpo": found[0], "hrpo": found[1]}
+    return None

@@ -14,7 +14,7 @@ At each decoding step, for every sequence still running:
 
 With ``hybrid=False`` step 3 always feeds ``E[x̂]``: plain token rollouts, the GRPO baseline.
 The gate's ablation options (:mod:`hrpo.gate`) change what ``h`` is (``latent_source``) and how
-it is mixed (``mix``); the engine follows them.
+it is mixed (``hybrid_mix``); the engine follows them.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class RolloutConfig:
     way, but a smaller batch rounds differently (~1e-7 relative): the rollouts are the same up
     to near ties (see "What the decoding options guarantee" in the README), and each rollout's
     log-probs equal its own teacher-forced recomputation."""
-    cache: str = "dynamic"
+    cache_implementation: str = "dynamic"
     """KV cache: ``"dynamic"`` grows by concatenation and allows ``compact_finished``;
     ``"static"`` pre-allocates prompt + ``max_completion_length`` positions and writes in place
     (no per-step reallocation; the form compiled decode steps need)."""
@@ -102,14 +102,14 @@ class RolloutConfig:
     full; finished sequences just emit padding until the next check. Without compaction the
     rollouts are bit-identical to ``sync_every=1``'s (every step has the same shapes); with it,
     the batch shrinks at other steps, so they are the same up to near ties."""
-    backend: str = "eager"
+    rollout_backend: str = "eager"
     """``"eager"``: the model runs op by op (any cache). ``"compiled"``: the decoder and head are
     ``torch.compile``d once per batch shape over a static cache and a pre-allocated attention
     mask, so every step has the same shapes (CUDA graphs on GPUs), and the token step (sampling,
-    log-prob, latent, gate) is compiled into fused kernels. Implies ``cache="static"``; if
-    compilation fails, a warning is given and decoding continues eagerly. Fused kernels round
-    differently from eager ones: the same rollouts as eager up to near ties; the same compiled
-    shapes called again give bit-identical rollouts."""
+    log-prob, latent, gate) is compiled into fused kernels. Implies
+    ``cache_implementation="static"``; if compilation fails, a warning is given and decoding
+    continues eagerly. Fused kernels round differently from eager ones: the same rollouts as eager
+    up to near ties; the same compiled shapes called again give bit-identical rollouts."""
 
     def __post_init__(self) -> None:
         for name, allowed in _ROLLOUT_RANGES.items():
@@ -119,12 +119,14 @@ class RolloutConfig:
             allowed.check(f"RolloutConfig.{name}", value)
         if self.top_k == 0:  # the one place 0 is read: from here on None alone means "all tokens"
             self.top_k = None
-        if self.cache not in ("dynamic", "static"):
-            raise ValueError(f"cache must be 'dynamic' or 'static', got {self.cache!r}")
-        if self.backend not in ("eager", "compiled"):
-            raise ValueError(f"backend must be 'eager' or 'compiled', got {self.backend!r}")
-        if self.backend == "compiled":
-            self.cache = "static"
+        if self.cache_implementation not in ("dynamic", "static"):
+            raise ValueError(
+                f"cache_implementation must be 'dynamic' or 'static', got {self.cache_implementation!r}"
+            )
+        if self.rollout_backend not in ("eager", "compiled"):
+            raise ValueError(f"rollout_backend must be 'eager' or 'compiled', got {self.rollout_backend!r}")
+        if self.rollout_backend == "compiled":
+            self.cache_implementation = "static"
 
 
 @dataclass
@@ -297,7 +299,7 @@ class RolloutEngine:
         device = model.device
         ids, mask = prompt_ids.to(device), prompt_mask.to(device).long()
         n, max_new = ids.shape[0], cfg.max_completion_length
-        compiled = cfg.backend == "compiled" and not self._compile_failed
+        compiled = cfg.rollout_backend == "compiled" and not self._compile_failed
         if compiled:
             # Left-pad prompts to a multiple of 64 tokens so that batches of other prompt lengths
             # reuse the compiled step (padding does not change results).
@@ -332,14 +334,14 @@ class RolloutEngine:
         model.eval()
         try:
             prompt_len = ids_in.shape[1]
-            if cfg.cache == "static":
+            if cfg.cache_implementation == "static":
                 cache = StaticCache(config=model.config, max_cache_len=prompt_len + max_new)
             else:
                 cache = DynamicCache(config=model.config)
             positions = position_ids_from_mask(mask)
             hidden, logits = model.decode_step(model.embed_tokens(ids_in), mask, positions, cache)
             next_pos = positions[:, -1:] + 1
-            if cfg.cache == "static":  # the whole attention mask up front, filled in place
+            if cfg.cache_implementation == "static":  # the whole attention mask up front, filled in place
                 mask = _pad_to(mask, prompt_len + max_new, 0, left=False)
             steps = 0
             vocab = logits.shape[-1]
@@ -388,13 +390,13 @@ class RolloutEngine:
                         break
                 keep = _rows_to_keep(finished, done, cfg) if cfg.compact_finished and done > 0 else None
                 if keep is not None:
-                    if cfg.cache == "dynamic":
+                    if cfg.cache_implementation == "dynamic":
                         cache.batch_select_indices(keep)
                     else:
                         _select_static_rows(cache, keep)
                     rows, finished, state = rows[keep], finished[keep], state[keep]
                     mask, next_pos, embeds = mask[keep], next_pos[keep], embeds[keep]
-                if cfg.cache == "static":
+                if cfg.cache_implementation == "static":
                     mask[:, prompt_len + t] = 1
                 else:
                     ones = torch.ones((len(rows), 1), dtype=mask.dtype, device=device)
@@ -508,7 +510,7 @@ def _rows_to_keep(finished: torch.Tensor, done: int, cfg: RolloutConfig) -> torc
     is running, down to ``MIN_BUCKET`` rows, so a compiled step sees only a few batch shapes.
     """
     n = len(finished)
-    if cfg.cache == "dynamic":
+    if cfg.cache_implementation == "dynamic":
         return (~finished).nonzero().squeeze(1) if done * 4 >= n else None
     size = n // 2
     if size < MIN_BUCKET or n - done > size:
