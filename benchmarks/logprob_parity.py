@@ -61,7 +61,7 @@ def main() -> None:
             "max_abs_diff": float(diff.max()),
             "p99_abs_diff": float(diff.quantile(0.99)),
             "tokens": int(mask.sum()),
-            "fell_back_to_eager": engine._compile_failed,
+            "fell_back_to_eager": engine.compiled.failed,
         }
         print(name, json.dumps(rows[name]), flush=True)
     result = {

@@ -155,7 +155,7 @@ def main() -> None:
             row[f"{method}_tok_s"] = tokens / seconds
         if "hybrid_compiled" in warmup:
             row["hybrid_compiled_warmup_s"] = warmup["hybrid_compiled"]
-            if engines["hybrid_compiled"]._compile_failed:
+            if engines["hybrid_compiled"].compiled.failed:
                 row["hybrid_compiled_fell_back_to_eager"] = True
         prompt_len = int(mask.sum(-1).max())
         row["floor_tok_s"] = floor_tokens_per_second(model, bs, prompt_len, args.new_tokens, bandwidth)

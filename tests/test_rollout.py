@@ -213,10 +213,10 @@ def test_compacting_finished_sequences_changes_nothing(
             lambda self, idx: (kept.append(len(idx)), original(self, idx))[1],
         )
     else:
-        original = hrpo.rollout._select_static_rows
+        original = hrpo.rollout.select_static_rows
         monkeypatch.setattr(
             hrpo.rollout,
-            "_select_static_rows",
+            "select_static_rows",
             lambda c, idx: (kept.append(len(idx)), original(c, idx))[1],
         )
     compact_cfg = RolloutConfig(compact_finished=True, **kw)
@@ -318,16 +318,16 @@ def test_compiled_backend_gives_the_same_rollouts(make_model, tok, hybrid):
     eng = engine(model, tok, rollout_backend="compiled", **kw)
     assert eng.config.cache_implementation == "static"
     kept = []
-    original = hrpo.rollout._select_static_rows
-    hrpo.rollout._select_static_rows = lambda c, idx: (kept.append(len(idx)), original(c, idx))[1]
+    original = hrpo.rollout.select_static_rows
+    hrpo.rollout.select_static_rows = lambda c, idx: (kept.append(len(idx)), original(c, idx))[1]
     try:
         compiled = eng.generate(PROMPTS, seed=5)
         with torch._dynamo.config.patch(error_on_recompile=True):  # same shapes again: no recompilation
             again = eng.generate(PROMPTS, seed=5)
     finally:
-        hrpo.rollout._select_static_rows = original
+        hrpo.rollout.select_static_rows = original
     assert kept[:1] == [6]  # the batch was halved, and the smaller shape compiled too
-    assert not eng._compile_failed
+    assert not eng.compiled.failed
     # Fused kernels round differently from eager ones: the same rollouts up to near ties.
     agreed = assert_same_until_near_ties(
         model, eager, compiled, eng.config, seed=5, **(HYBRID if hybrid else PLAIN)
@@ -353,7 +353,7 @@ def test_compiled_backend_falls_back_to_eager_when_compilation_fails(make_model,
     broken = {"cpp.cxx": ("/nonexistent/g++",), "fx_graph_cache": False, "autotune_local_cache": False}
     with torch._inductor.config.patch(broken), pytest.warns(RuntimeWarning, match="decoding eagerly"):
         ro = eng.generate(PROMPTS)
-    assert eng._compile_failed
+    assert eng.compiled.failed
     cfg = RolloutConfig(max_completion_length=8, do_sample=False)
     ref = RolloutEngine(model, tok, cfg).generate(PROMPTS)
     # Eager decoding over the static cache against the dynamic cache: equal up to near ties.

@@ -186,7 +186,7 @@ def build_reference(cfg: HRPOConfig, policy: HybridModel) -> HybridModel | None:
     policy with its adapters disabled)."""
     if cfg.beta == 0 or cfg.use_lora:
         return None
-    ref = HybridModel(copy.deepcopy(policy.model), seed=0).eval()
+    ref = HybridModel(copy.deepcopy(policy.language_model), seed=0).eval()
     return ref.requires_grad_(False)
 
 
@@ -196,7 +196,7 @@ def parameter_groups(cfg: HRPOConfig, model: HybridModel) -> list[dict[str, Any]
     In GRPO mode (``hybrid: false``) the gate is never used, so it is frozen and left out:
     DDP would otherwise wait forever for its gradients.
     """
-    model_params = [p for p in model.model.parameters() if p.requires_grad]
+    model_params = [p for p in model.language_model.parameters() if p.requires_grad]
     groups = [{"params": model_params, "lr": cfg.learning_rate, "name": "lora" if cfg.use_lora else "model"}]
     if cfg.hybrid:
         gate_linears = [p for n, p in model.gate.named_parameters() if n != "Lambda"]

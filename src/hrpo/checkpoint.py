@@ -55,7 +55,7 @@ def write_model(
     state = model.trainable_state() if state is None else state
     gate = {k[len("gate.") :]: v.float().contiguous() for k, v in state.items() if k.startswith("gate.")}
     lm_state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-    model.model.save_pretrained(directory, state_dict=lm_state, safe_serialization=True)
+    model.language_model.save_pretrained(directory, state_dict=lm_state, safe_serialization=True)
     save_file(gate, str(directory / GATE_WEIGHTS))
     meta = {
         "hidden_size": model.gate.hidden_size,
@@ -64,7 +64,7 @@ def write_model(
         "c": model.gate.c,
         "mix": model.gate.hybrid_mix,  # the file key predates the rename: older readers know it
         "latent_source": model.gate.latent_source,
-        "adapter": isinstance(model.model, PeftModel),
+        "adapter": isinstance(model.language_model, PeftModel),
     }
     (directory / GATE_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -84,9 +84,9 @@ def load_model_state(model: HybridModel, directory: str | Path) -> None:
     """
     directory = Path(directory)
     files = {"gate.": load_file(str(directory / GATE_WEIGHTS))}
-    if isinstance(model.model, PeftModel):
+    if isinstance(model.language_model, PeftModel):
         files["model."] = load_file(str(directory / "adapter_model.safetensors"))
-        adapter = model.model.active_adapter
+        adapter = model.language_model.active_adapter
     else:
         index = directory / "model.safetensors.index.json"
         shards = (

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from hrpo.batch import Rollout
 from hrpo.marker import find_markers
 from hrpo.model import HybridModel
 from hrpo.rollout import RolloutConfig, RolloutEngine
@@ -104,6 +105,41 @@ def _jsonable(value: Any) -> Any:
         return str(value)
 
 
+def _records(
+    task: Any, rows: list[dict[str, Any]], idx: list[int], ro: Rollout, num_samples: int, cfg: RolloutConfig
+) -> list[dict[str, Any]]:
+    """One prediction record per completion of ``ro``, the rollout of problems ``idx`` of ``rows``:
+    the completion, its extracted answer and grade, and what its decoding did."""
+    scores = task.grade(
+        ro.completion_texts, [rows[idx[g]] for g in ro.group_ids.tolist()], strict_format=False
+    )
+    records = []
+    for j, text in enumerate(ro.completion_texts):
+        problem = idx[int(ro.group_ids[j])]
+        think = ro.thinking_mask[j]
+        markers = find_markers(text, cfg.answer_marker, cfg.ignore_marker_headings)
+        rec = {
+            "index": problem,
+            "sample": j % num_samples,
+            "id": _jsonable(rows[problem].get("id", problem)),
+            "prompt": _jsonable(rows[problem]["prompt"]),
+            "completion": text,
+            "answer": task.extract_answer(text),
+            "reference": _jsonable(rows[problem].get("answer")),
+            "correct": bool(scores[j] >= 1.0),
+            "completion_tokens": int(ro.completion_lengths[j]),
+            "thinking_tokens": int(think.sum()),
+            "hidden_ratio": float(ro.hidden_ratio[j][think].mean()) if think.any() else 0.0,
+            "answer_markers": len(markers.answers),
+            "heading_markers": len(markers.headings),
+        }
+        group = _group(rows[problem])
+        if group is not None:
+            rec["group"] = group
+        records.append(rec)
+    return records
+
+
 @torch.no_grad()
 def evaluate(
     model: HybridModel,
@@ -165,31 +201,8 @@ def evaluate(
             gen_tokens += int(ro.completion_lengths.sum())
             hidden_sum += float((ro.hidden_ratio * ro.thinking_mask).sum())
             thinking += int(ro.thinking_mask.sum())
-            expanded = [batch[g] for g in ro.group_ids.tolist()]
-            scores = task.grade(ro.completion_texts, expanded, strict_format=False)
-            for j, text in enumerate(ro.completion_texts):
-                problem, sample = idx[int(ro.group_ids[j])], j % num_samples
-                think = ro.thinking_mask[j]
-                markers = find_markers(text, cfg.answer_marker, cfg.ignore_marker_headings)
-                rec = {
-                    "index": problem,
-                    "sample": sample,
-                    "id": _jsonable(rows[problem].get("id", problem)),
-                    "prompt": _jsonable(rows[problem]["prompt"]),
-                    "completion": text,
-                    "answer": task.extract_answer(text),
-                    "reference": _jsonable(rows[problem].get("answer")),
-                    "correct": bool(scores[j] >= 1.0),
-                    "completion_tokens": int(ro.completion_lengths[j]),
-                    "thinking_tokens": int(think.sum()),
-                    "hidden_ratio": float(ro.hidden_ratio[j][think].mean()) if think.any() else 0.0,
-                    "answer_markers": len(markers.answers),
-                    "heading_markers": len(markers.headings),
-                }
-                group = _group(rows[problem])
-                if group is not None:
-                    rec["group"] = group
-                done[(problem, sample)] = rec
+            for rec in _records(task, rows, idx, ro, num_samples, cfg):
+                done[(rec["index"], rec["sample"])] = rec
                 if out is not None:
                     out.write(json.dumps(rec, ensure_ascii=False) + "\n")
             if out is not None:

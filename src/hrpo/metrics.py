@@ -13,11 +13,14 @@ import importlib
 import json
 import math
 import os
+import resource
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
+
+import torch
 
 from hrpo.rundir import METRICS_FILE, SAMPLES_FILE, WANDB_ID_FILE
 from hrpo.storage import atomic_write_text, read_jsonl
@@ -61,6 +64,13 @@ def _jsonable(value: Any) -> Any:
 def _dumps(record: Mapping[str, Any]) -> str:
     # allow_nan=False turns any NaN that slipped through into an error instead of invalid JSON.
     return json.dumps(_jsonable(record), ensure_ascii=False, allow_nan=False)
+
+
+def peak_memory_gb() -> float:
+    """This step's peak GPU memory allocated (GiB) on CUDA; the process's peak RSS on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 def parse_report_to(report_to: list[str] | tuple[str, ...] | str | None) -> list[str]:

@@ -59,6 +59,12 @@ class HybridModel(nn.Module):
 
     # -- model facts ---------------------------------------------------------------------------
     @property
+    def language_model(self) -> PreTrainedModel | PeftModel:
+        """The wrapped causal LM (registered as the submodule ``model``, so parameter and
+        checkpoint names read ``model.*``)."""
+        return self.model
+
+    @property
     def config(self):
         return self.model.config
 

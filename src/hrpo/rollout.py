@@ -20,13 +20,15 @@ it is mixed (``hybrid_mix``); the engine follows them.
 from __future__ import annotations
 
 import numbers
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase, StaticCache
 
+from hrpo.batch import Rollout, pad_to
+from hrpo.compiled import PROMPT_BUCKET, CompiledSteps, select_static_rows
 from hrpo.config import FIELD_RANGES, Range
 from hrpo.distributed import gathered_parameters
 from hrpo.latent import project_latent
@@ -36,7 +38,6 @@ from hrpo.prompts import Prompt, encode_prompts
 from hrpo.sampling import restrict, sample, token_entropy, token_logprobs
 
 StepCallback = Callable[[torch.Tensor, torch.Tensor], None]
-PROMPT_BUCKET = 64
 MIN_BUCKET = 4  # smallest batch a static cache is compacted to
 
 
@@ -129,69 +130,6 @@ class RolloutConfig:
             self.cache_implementation = "static"
 
 
-@dataclass
-class Rollout:
-    """A batch of completed rollouts, ``N = num_prompts × G`` rows, completions right-padded."""
-
-    prompt_ids: torch.Tensor  # (N, P) left-padded
-    prompt_mask: torch.Tensor  # (N, P)
-    completion_ids: torch.Tensor  # (N, C) padded with pad_token_id after EOS
-    completion_mask: torch.Tensor  # (N, C) 1 up to and including EOS
-    thinking_mask: torch.Tensor  # (N, C) bool: positions fed as hybrid inputs
-    latents: torch.Tensor  # (N, C, d) latent h at thinking positions, 0 elsewhere
-    embeds_ratio: torch.Tensor  # (N, C) mean of a over d at thinking positions, 1 elsewhere
-    hidden_ratio: torch.Tensor  # (N, C) mean of sqrt(1 - a²) at thinking positions, 0 elsewhere
-    logprobs: torch.Tensor  # (N, C) log softmax(z/τ)[x̂], 0 after EOS
-    group_ids: torch.Tensor  # (N,) index of the prompt each row came from
-    temperature: float
-    prompt_texts: list[str] = field(default_factory=list)
-    completion_texts: list[str] = field(default_factory=list)
-    entropy: torch.Tensor | None = None  # (N, C) entropy of softmax(z/τ) over the vocabulary, 0 after EOS
-    # What the gate does, at thinking positions (0 elsewhere): mean of i over d, ‖h‖/‖ê‖, and
-    # ‖e − a⊙ê‖/‖ê‖, the size of what the latent adds to the fed input relative to the token embedding.
-    input_gate: torch.Tensor | None = None  # (N, C)
-    latent_norm_ratio: torch.Tensor | None = None  # (N, C)
-    latent_input_ratio: torch.Tensor | None = None  # (N, C)
-
-    def __len__(self) -> int:
-        return self.completion_ids.shape[0]
-
-    def to(self, device: torch.device | str) -> Rollout:
-        moved = {
-            f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
-            for f in fields(self)
-        }
-        return Rollout(**moved)
-
-    @property
-    def completion_lengths(self) -> torch.Tensor:
-        return self.completion_mask.sum(-1)
-
-    def model_inputs(
-        self, rows: slice = slice(None), *, hybrid: bool = True
-    ) -> dict[str, torch.Tensor | None]:
-        """Keyword arguments of :meth:`HybridModel.completion_logprobs` that recompute ``rows``
-        teacher-forced: with the stored latents (``hybrid``) or as plain tokens."""
-        return {
-            "prompt_ids": self.prompt_ids[rows],
-            "prompt_mask": self.prompt_mask[rows],
-            "completion_ids": self.completion_ids[rows],
-            "completion_mask": self.completion_mask[rows],
-            "latents": self.latents[rows] if hybrid else None,
-            "thinking_mask": self.thinking_mask[rows] if hybrid else None,
-        }
-
-    def mean_embeds_ratio(self) -> float:
-        """Mean of ``a`` over all thinking positions and dimensions (1.0 with none)."""
-        n = self.thinking_mask.sum()
-        return float((self.embeds_ratio * self.thinking_mask).sum() / n) if n else 1.0
-
-    def mean_hidden_ratio(self) -> float:
-        """Mean of ``sqrt(1 − a²)`` over all thinking positions and dimensions (0.0 with none)."""
-        n = self.thinking_mask.sum()
-        return float((self.hidden_ratio * self.thinking_mask).sum() / n) if n else 0.0
-
-
 def eos_token_ids(model: HybridModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every id that ends a completion: the tokenizer's EOS and the generation config's."""
     ids: set[int] = set()
@@ -206,6 +144,57 @@ def eos_token_ids(model: HybridModel, tokenizer: PreTrainedTokenizerBase) -> lis
     if not ids:
         raise ValueError("the tokenizer and generation config define no EOS token")
     return sorted(ids)
+
+
+@dataclass
+class _Outputs:
+    """A rollout's per-position outputs, ``(n, max_completion_length)`` each, written step by step
+    at the rows of the sequences still in the decoding batch."""
+
+    completion: torch.Tensor
+    mask: torch.Tensor
+    thinking: torch.Tensor
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    embeds_ratio: torch.Tensor
+    hidden_ratio: torch.Tensor
+    latents: torch.Tensor
+    gate_stats: dict[str, torch.Tensor]
+
+    @classmethod
+    def empty(cls, n: int, max_new: int, hidden_size: int, latent_dtype, pad_id: int, device) -> _Outputs:
+        def zeros(dtype: torch.dtype) -> torch.Tensor:
+            return torch.zeros((n, max_new), dtype=dtype, device=device)
+
+        return cls(
+            completion=torch.full((n, max_new), pad_id, dtype=torch.long, device=device),
+            mask=zeros(torch.long),
+            thinking=zeros(torch.bool),
+            logprobs=zeros(torch.float32),
+            entropy=zeros(torch.float32),
+            embeds_ratio=torch.ones((n, max_new), dtype=torch.float32, device=device),
+            hidden_ratio=zeros(torch.float32),
+            latents=torch.zeros((n, max_new, hidden_size), dtype=latent_dtype, device=device),
+            gate_stats={
+                k: zeros(torch.float32) for k in ("input_gate", "latent_norm_ratio", "latent_input_ratio")
+            },
+        )
+
+    def record(self, rows, t: int, tok, running, logprob, entropy) -> None:
+        """Step ``t``'s sampled tokens; positions of finished sequences stay padding."""
+        self.completion[rows, t] = tok
+        self.mask[rows, t] = running.long()
+        self.logprobs[rows, t] = logprob * running
+        self.entropy[rows, t] = entropy * running
+
+    def record_hybrid(self, rows, t: int, think, h, a, stats: dict[str, torch.Tensor]) -> None:
+        """Step ``t``'s thinking flags, latents and what the gate did (at thinking positions)."""
+        self.thinking[rows, t] = think
+        self.latents[rows, t] = h * think[:, None]
+        self.embeds_ratio[rows, t] = torch.where(think, a.mean(-1), 1.0)
+        self.hidden_ratio[rows, t] = torch.where(think, torch.sqrt(1 - a * a).mean(-1), 0.0)
+        for k, v in stats.items():
+            self.gate_stats[k][rows, t] = v * think
 
 
 class RolloutEngine:
@@ -226,16 +215,7 @@ class RolloutEngine:
         self.eos_ids = torch.tensor(eos_token_ids(model, tokenizer), dtype=torch.long)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.eos_ids[0])
-        self._compiled_step: Callable | None = None
-        self._compiled_sampler: Callable | None = None
-        self._compile_failed = False
-
-    def _decode_step(self) -> Callable:
-        """The compiled decoder + head (built once; reused across calls of the same shapes)."""
-        if self._compiled_step is None:
-            mode = "reduce-overhead" if self.model.device.type == "cuda" else None
-            self._compiled_step = torch.compile(self.model.decode_step, dynamic=False, mode=mode)
-        return self._compiled_step
+        self.compiled = CompiledSteps(model.decode_step, self._sample_and_mix, model.device.type)
 
     def encode(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         cfg = self.config
@@ -299,31 +279,19 @@ class RolloutEngine:
         device = model.device
         ids, mask = prompt_ids.to(device), prompt_mask.to(device).long()
         n, max_new = ids.shape[0], cfg.max_completion_length
-        compiled = cfg.rollout_backend == "compiled" and not self._compile_failed
+        compiled = cfg.rollout_backend == "compiled" and not self.compiled.failed
+        ids_in = ids
         if compiled:
             # Left-pad prompts to a multiple of 64 tokens so that batches of other prompt lengths
             # reuse the compiled step (padding does not change results).
             width = -(-ids.shape[1] // PROMPT_BUCKET) * PROMPT_BUCKET
-            ids_in, mask = _pad_to(ids, width, self.pad_id, left=True), _pad_to(mask, width, 0, left=True)
-        else:
-            ids_in = ids
+            ids_in, mask = pad_to(ids, width, self.pad_id, left=True), pad_to(mask, width, 0, left=True)
         gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         marker = self.marker.to(device)
         eos_ids = self.eos_ids.to(device) if not cfg.ignore_eos else self.eos_ids[:0].to(device)
-        latent_dtype = cfg.latent_dtype or model.dtype
-
-        completion = torch.full((n, max_new), self.pad_id, dtype=torch.long, device=device)
-        comp_mask = torch.zeros((n, max_new), dtype=torch.long, device=device)
-        thinking = torch.zeros((n, max_new), dtype=torch.bool, device=device)
-        logprobs = torch.zeros((n, max_new), dtype=torch.float32, device=device)
-        entropy = torch.zeros((n, max_new), dtype=torch.float32, device=device)
-        gate_stats = {
-            k: torch.zeros((n, max_new), dtype=torch.float32, device=device)
-            for k in ("input_gate", "latent_norm_ratio", "latent_input_ratio")
-        }
-        embeds_ratio = torch.ones((n, max_new), dtype=torch.float32, device=device)
-        hidden_ratio = torch.zeros((n, max_new), dtype=torch.float32, device=device)
-        latents = torch.zeros((n, max_new, model.hidden_size), dtype=latent_dtype, device=device)
+        out = _Outputs.empty(
+            n, max_new, model.hidden_size, cfg.latent_dtype or model.dtype, self.pad_id, device
+        )
         # The decoding batch: `rows` are its sequences' indices in the outputs; it shrinks when
         # finished sequences are compacted away.
         rows = torch.arange(n, device=device)
@@ -334,15 +302,7 @@ class RolloutEngine:
         model.eval()
         try:
             prompt_len = ids_in.shape[1]
-            if cfg.cache_implementation == "static":
-                cache = StaticCache(config=model.config, max_cache_len=prompt_len + max_new)
-            else:
-                cache = DynamicCache(config=model.config)
-            positions = position_ids_from_mask(mask)
-            hidden, logits = model.decode_step(model.embed_tokens(ids_in), mask, positions, cache)
-            next_pos = positions[:, -1:] + 1
-            if cfg.cache_implementation == "static":  # the whole attention mask up front, filled in place
-                mask = _pad_to(mask, prompt_len + max_new, 0, left=False)
+            cache, mask, next_pos, hidden, logits = self._prefill(ids_in, mask)
             steps = 0
             vocab = logits.shape[-1]
             width = cfg.top_k if cfg.top_k is not None and 0 < cfg.top_k < vocab else vocab
@@ -352,87 +312,102 @@ class RolloutEngine:
                     # Noise for all n sequences, so compaction does not change what is sampled.
                     noise = torch.empty((n, width), device=device).exponential_(generator=gen)
                     noise = noise if len(rows) == n else noise[rows]
-                args = (logits, noise, finished, hidden)
-                if compiled:
-                    out = self._compiled_call(self._compiled_sample_and_mix, self._sample_and_mix, *args)
-                    compiled = not self._compile_failed
-                else:
-                    out = self._sample_and_mix(*args)
-                tok, lp, ent, embeds, mixed, h, a, stats = out
+                tok, lp, ent, embeds, mixed, h, a, stats = self._token_step(
+                    compiled, logits, noise, finished, hidden
+                )
+                compiled = compiled and not self.compiled.failed
                 running = ~finished
                 is_eos = torch.isin(tok, eos_ids) & running
                 state = marker.step(state, tok)
-                completion[rows, t] = tok
-                comp_mask[rows, t] = running.long()
-                logprobs[rows, t] = lp * running
-                entropy[rows, t] = ent * running
-
+                out.record(rows, t, tok, running, lp, ent)
                 if cfg.hybrid:
                     think = running & ~marker.seen(state) & ~is_eos
                     embeds = torch.where(think[:, None], mixed, embeds)
-                    thinking[rows, t] = think
-                    latents[rows, t] = h * think[:, None]
-                    embeds_ratio[rows, t] = torch.where(think, a.mean(-1), 1.0)
-                    hidden_ratio[rows, t] = torch.where(think, torch.sqrt(1 - a * a).mean(-1), 0.0)
-                    for k, v in stats.items():
-                        gate_stats[k][rows, t] = v * think
+                    out.record_hybrid(rows, t, think, h, a, stats)
                 if on_step is not None:
-                    on_step(completion[:, t].cpu(), comp_mask[:, t].bool().cpu())
+                    on_step(out.completion[:, t].cpu(), out.mask[:, t].bool().cpu())
                 finished |= is_eos
                 steps = t + 1
                 if steps == max_new:
                     break
-                if steps % cfg.sync_every:
-                    done = -1  # no check this step
-                else:
-                    done = int(finished.sum())  # the host synchronisation
-                    if done == len(rows):
-                        break
+                # Every sync_every steps, one host synchronisation: stop once all have finished.
+                done = -1 if steps % cfg.sync_every else int(finished.sum())
+                if done == len(rows):
+                    break
                 keep = _rows_to_keep(finished, done, cfg) if cfg.compact_finished and done > 0 else None
                 if keep is not None:
-                    if cfg.cache_implementation == "dynamic":
-                        cache.batch_select_indices(keep)
-                    else:
-                        _select_static_rows(cache, keep)
+                    self._compact(cache, keep)
                     rows, finished, state = rows[keep], finished[keep], state[keep]
                     mask, next_pos, embeds = mask[keep], next_pos[keep], embeds[keep]
-                if cfg.cache_implementation == "static":
-                    mask[:, prompt_len + t] = 1
-                else:
-                    ones = torch.ones((len(rows), 1), dtype=mask.dtype, device=device)
-                    mask = torch.cat([mask, ones], dim=1)
-                if compiled:
-                    args = (embeds[:, None], mask, next_pos, cache)
-                    hidden, logits = self._compiled_call(self._decode_step, model.decode_step, *args)
-                    compiled = not self._compile_failed
-                else:
-                    hidden, logits = model.decode_step(embeds[:, None], mask, next_pos, cache)
+                mask = self._attend_to(mask, prompt_len + t)
+                hidden, logits = self._decode(compiled, embeds[:, None], mask, next_pos, cache)
+                compiled = compiled and not self.compiled.failed
                 next_pos = next_pos + 1
         finally:
             model.train(was_training)
+        return self._finish(ids, prompt_mask, out, steps)
 
+    def _prefill(
+        self, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the prompts through the decoder: the cache, the attention mask to extend, the next
+        positions, and the last position's hidden state and logits."""
+        model, static = self.model, self.config.cache_implementation == "static"
+        prompt_len, max_new = ids.shape[1], self.config.max_completion_length
+        if static:
+            cache = StaticCache(config=model.config, max_cache_len=prompt_len + max_new)
+        else:
+            cache = DynamicCache(config=model.config)
+        positions = position_ids_from_mask(mask)
+        hidden, logits = model.decode_step(model.embed_tokens(ids), mask, positions, cache)
+        if static:  # the whole attention mask up front, filled in place
+            mask = pad_to(mask, prompt_len + max_new, 0, left=False)
+        return cache, mask, positions[:, -1:] + 1, hidden, logits
+
+    def _token_step(self, compiled: bool, *args) -> tuple[Any, ...]:
+        return self.compiled.sample(*args) if compiled else self._sample_and_mix(*args)
+
+    def _decode(self, compiled: bool, *args) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.compiled.decode(*args) if compiled else self.model.decode_step(*args)
+
+    def _compact(self, cache: Any, keep: torch.Tensor) -> None:
+        """Keep only the ``keep`` rows of the KV cache."""
+        if self.config.cache_implementation == "dynamic":
+            cache.batch_select_indices(keep)
+        else:
+            select_static_rows(cache, keep)
+
+    def _attend_to(self, mask: torch.Tensor, position: int) -> torch.Tensor:
+        """The attention mask with the token about to be fed (at ``position``) attended."""
+        if self.config.cache_implementation == "static":
+            mask[:, position] = 1
+            return mask
+        return torch.cat([mask, torch.ones((len(mask), 1), dtype=mask.dtype, device=mask.device)], dim=1)
+
+    def _finish(self, ids: torch.Tensor, prompt_mask: torch.Tensor, out: _Outputs, steps: int) -> Rollout:
+        """The :class:`Rollout` of the first ``steps`` positions, with the completions' text."""
+        cfg = self.config
         # With sync_every > 1 the last steps may have been all padding.
-        steps = max(1, int(comp_mask.sum(1).max())) if cfg.sync_every > 1 else steps
-        completion = completion[:, :steps]
-        comp_mask = comp_mask[:, :steps]
+        steps = max(1, int(out.mask.sum(1).max())) if cfg.sync_every > 1 else steps
+        completion, mask = out.completion[:, :steps], out.mask[:, :steps]
         texts = self.tokenizer.batch_decode(
-            completion.masked_fill(comp_mask == 0, self.pad_id), skip_special_tokens=True
+            completion.masked_fill(mask == 0, self.pad_id), skip_special_tokens=True
         )
         return Rollout(
             prompt_ids=ids,
-            prompt_mask=prompt_mask.to(device).long(),
+            prompt_mask=prompt_mask.to(ids.device).long(),
             completion_ids=completion,
-            completion_mask=comp_mask,
-            thinking_mask=thinking[:, :steps],
-            latents=latents[:, :steps],
-            embeds_ratio=embeds_ratio[:, :steps],
-            hidden_ratio=hidden_ratio[:, :steps],
-            logprobs=logprobs[:, :steps],
-            group_ids=torch.arange(n, device=device),
+            completion_mask=mask,
+            thinking_mask=out.thinking[:, :steps],
+            latents=out.latents[:, :steps],
+            embeds_ratio=out.embeds_ratio[:, :steps],
+            hidden_ratio=out.hidden_ratio[:, :steps],
+            logprobs=out.logprobs[:, :steps],
+            group_ids=torch.arange(len(ids), device=ids.device),
             temperature=cfg.temperature,
             completion_texts=texts,
-            entropy=entropy[:, :steps],
-            **({k: v[:, :steps] for k, v in gate_stats.items()} if cfg.hybrid else {}),
+            entropy=out.entropy[:, :steps],
+            **({k: v[:, :steps] for k, v in out.gate_stats.items()} if cfg.hybrid else {}),
         )
 
     def _sample_and_mix(
@@ -470,29 +445,6 @@ class RolloutEngine:
         }
         return tok, lp, ent, embeds, mixed, h, a, stats
 
-    def _compiled_sample_and_mix(self) -> Callable:
-        """The compiled token step (plain ``torch.compile``: small ops fused, no CUDA graphs)."""
-        if self._compiled_sampler is None:
-            self._compiled_sampler = torch.compile(self._sample_and_mix, dynamic=False)
-        return self._compiled_sampler
-
-    def _compiled_call(self, compiled: Callable[[], Callable], eager: Callable, *args):
-        """``compiled()(*args)``; on a compilation error warn once and run ``eager(*args)`` instead
-        (the caller then stays eager for the rest of the engine's life)."""
-        try:
-            return compiled()(*args)
-        except Exception as exc:  # noqa: BLE001 - any backend failure falls back to the eager path
-            if not _is_compile_error(exc):
-                raise
-            self._compile_failed = True
-            warnings.warn(
-                f"rollout backend 'compiled': torch.compile failed ({type(exc).__name__}: {exc}); "
-                "decoding eagerly from here on",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return eager(*args)
-
     def teacher_forced_logprobs(self, rollout: Rollout, *, hybrid: bool | None = None) -> torch.Tensor:
         """Recompute ``rollout``'s completion log-probs teacher-forced at the rollout temperature."""
         use_latents = self.config.hybrid if hybrid is None else hybrid
@@ -516,72 +468,3 @@ def _rows_to_keep(finished: torch.Tensor, done: int, cfg: RolloutConfig) -> torc
     if size < MIN_BUCKET or n - done > size:
         return None
     return torch.argsort(finished.to(torch.int8), stable=True)[:size]
-
-
-def _select_static_rows(cache: StaticCache, keep: torch.Tensor) -> None:
-    """Keep only the ``keep`` rows of a static cache's pre-allocated keys and values.
-
-    New, smaller buffers replace the old ones and are marked as static addresses, as the cache
-    does for its own buffers, so CUDA graphs can be captured for the smaller batch.
-    """
-    for layer in cache.layers:
-        if not getattr(layer, "is_initialized", False):
-            continue
-        layer.keys = layer.keys.index_select(0, keep.to(layer.keys.device))
-        layer.values = layer.values.index_select(0, keep.to(layer.values.device))
-        layer.batch_size = len(keep)
-        torch._dynamo.mark_static_address(layer.keys)
-        torch._dynamo.mark_static_address(layer.values)
-
-
-def _is_compile_error(exc: Exception) -> bool:
-    """Errors raised by dynamo/inductor (tracing, code generation, a missing C compiler)."""
-    module = type(exc).__module__
-    return module.startswith(("torch._dynamo", "torch._inductor")) or "CppCompileError" in type(exc).__name__
-
-
-def _pad_to(x: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
-    extra = width - x.shape[1]
-    if extra == 0:
-        return x
-    pad = torch.full((x.shape[0], extra, *x.shape[2:]), value, dtype=x.dtype, device=x.device)
-    return torch.cat([pad, x] if left else [x, pad], dim=1)
-
-
-def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
-    """Concatenate rollouts along the batch, re-padding prompts (left) and completions (right).
-
-    ``group_ids`` are offset so that groups stay distinct and contiguous.
-    """
-    if len(rollouts) == 1:
-        return rollouts[0]
-    p = max(r.prompt_ids.shape[1] for r in rollouts)
-    c = max(r.completion_ids.shape[1] for r in rollouts)
-    offsets, total = [], 0
-    for r in rollouts:
-        offsets.append(total)
-        total += int(r.group_ids.max()) + 1 if len(r) else 0
-
-    def cat(name: str, width: int, value, left: bool) -> torch.Tensor:
-        return torch.cat([_pad_to(getattr(r, name), width, value, left) for r in rollouts])
-
-    return Rollout(
-        prompt_ids=cat("prompt_ids", p, pad_id, True),
-        prompt_mask=cat("prompt_mask", p, 0, True),
-        completion_ids=cat("completion_ids", c, pad_id, False),
-        completion_mask=cat("completion_mask", c, 0, False),
-        thinking_mask=cat("thinking_mask", c, False, False),
-        latents=cat("latents", c, 0.0, False),
-        embeds_ratio=cat("embeds_ratio", c, 1.0, False),
-        hidden_ratio=cat("hidden_ratio", c, 0.0, False),
-        logprobs=cat("logprobs", c, 0.0, False),
-        **{
-            name: cat(name, c, 0.0, False)
-            for name in ("entropy", "input_gate", "latent_norm_ratio", "latent_input_ratio")
-            if all(getattr(r, name) is not None for r in rollouts)
-        },
-        group_ids=torch.cat([r.group_ids + o for r, o in zip(rollouts, offsets, strict=True)]),
-        temperature=rollouts[0].temperature,
-        prompt_texts=[t for r in rollouts for t in r.prompt_texts],
-        completion_texts=[t for r in rollouts for t in r.completion_texts],
-    )

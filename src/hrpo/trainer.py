@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import resource
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,15 +38,15 @@ from tqdm.auto import tqdm
 
 from hrpo import build, checkpoint
 from hrpo.advantage import group_advantages
-from hrpo.batch import StepBatch, UpdateStats
+from hrpo.batch import Rollout, StepBatch, UpdateStats, concat_rollouts
 from hrpo.config import HRPOConfig
 from hrpo.distributed import full_optimizer_state, gathered_parameters
 from hrpo.evaluation import evaluate
 from hrpo.loss import LossNormalizer, policy_loss
 from hrpo.marker import find_markers
-from hrpo.metrics import MetricsLogger
+from hrpo.metrics import MetricsLogger, peak_memory_gb
 from hrpo.reward import RewardFunc, compute_rewards
-from hrpo.rollout import Rollout, RolloutEngine, concat_rollouts
+from hrpo.rollout import RolloutEngine
 from hrpo.rundir import (
     API_HINTS,
     CHECKPOINTS,
@@ -69,13 +68,6 @@ class TrainingInterrupted(Exception):
     def __init__(self, checkpoint: Path | None, step: int) -> None:
         super().__init__(f"interrupted at step {step}; checkpoint: {checkpoint}")
         self.checkpoint, self.step = checkpoint, step
-
-
-def peak_memory_gb() -> float:
-    """This step's peak GPU memory allocated (GiB) on CUDA; the process's peak RSS on CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 class HRPOTrainer:
@@ -197,7 +189,7 @@ class HRPOTrainer:
                 [self._logprobs(self.ref_model, ro, r, hybrid=False) for r in self._micro_batches(len(ro))]
             )
         # With LoRA: through the prepared model with adapters off, so FSDP gathers the shards it needs.
-        with self.model.model.disable_adapter():
+        with self.model.language_model.disable_adapter():
             return torch.cat(
                 [
                     self._logprobs(self.prepared_model, ro, r, hybrid=False)
