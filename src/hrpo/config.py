@@ -9,10 +9,13 @@ recipe shipped in the package (``hrpo/configs/``, see :func:`recipes`)::
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
 import math
 import numbers
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -487,10 +490,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def field_docs() -> dict[str, str]:
     """Each field's docstring (the string literal under it in the class body), for ``--help``."""
-    import ast
-    import inspect
-    import textwrap
-
     tree = ast.parse(textwrap.dedent(inspect.getsource(HRPOConfig)))
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]

@@ -22,13 +22,11 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 try:  # POSIX only; elsewhere the atomic rename alone guards the cache
     import fcntl
@@ -215,8 +213,6 @@ def _fix_smollm2_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTok
 
 def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Dequantise the GGUF into a float32 safetensors checkpoint (model + tokenizer) in ``out_dir``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     folder, filename = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
@@ -414,8 +410,6 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
 def _load_tokenizer_from(
     name: str, source: str, local: bool, trust_remote_code: bool
 ) -> PreTrainedTokenizerBase:
-    from transformers import AutoTokenizer
-
     tokenizer = _from_pretrained(
         AutoTokenizer.from_pretrained, name, source, local, trust_remote_code=trust_remote_code
     )
@@ -452,8 +446,6 @@ def load_model(
 
     ``dtype`` defaults to the checkpoint's own dtype ("auto"), and to float32 for the default model.
     """
-    from transformers import AutoModelForCausalLM
-
     name, source, local = _locate(name_or_path)
     torch_dtype = _parse_dtype(dtype, torch.float32 if is_default_model(name_or_path) else "auto")
     tokenizer = _load_tokenizer_from(name, source, local, trust_remote_code)
