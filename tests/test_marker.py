@@ -576,7 +576,7 @@ def test_trainer_logs_multiple_and_heading_markers(tmp_path, make_model):
     _, metrics = tr.train_step(0)
     assert metrics["multiple_markers"] == pytest.approx(0.25)  # "#### 1 #### 2"
     assert metrics["heading_markers"] == pytest.approx(0.25)  # "#### Step 1 …"
-    assert metrics["rewards/arithmetic_accuracy"] == pytest.approx(0.25)  # the heading one: 5
+    assert metrics["rewards/arithmetic_accuracy/mean"] == pytest.approx(0.25)  # the heading one: 5
 
 
 def test_evaluation_counts_markers(tmp_path, make_model):

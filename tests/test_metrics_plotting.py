@@ -36,7 +36,9 @@ def _metrics(step: int, rng: random.Random) -> dict[str, float]:
         "loss": rng.gauss(0, 0.05),
         "reward": acc + 0.2,
         "reward_std": 0.2 + 0.1 * rng.random(),
-        "rewards/arithmetic_accuracy": acc,
+        "frac_reward_zero_std": 0.25 * rng.random(),
+        "rewards/arithmetic_accuracy/mean": acc,
+        "rewards/arithmetic_accuracy/std": 0.3 + 0.1 * rng.random(),
         "kl": step * 1e-4 + abs(rng.gauss(0, 1e-3)),
         "completion_length": 120 - step * 0.3 + rng.gauss(0, 8),
         "embeds_ratio": 0.9 - step * 0.002,
@@ -245,6 +247,8 @@ def test_plot_run_writes_pngs(tmp_path: Path) -> None:
     assert paths[0] == run_dir / "plots" / "training_curves.png"
     names = {p.name for p in paths[1:]}
     assert {"reward.png", "rewards.png", "kl.png", "completion_length.png", "latent_ratios.png"} <= names
+    assert {"rewards_std.png", "frac_reward_zero_std.png"} <= names
+    assert not any(n.startswith("rewards_arithmetic") for n in names)  # both in the per-function panels
     assert {"loss.png", "learning_rate.png", "grad_norm.png"} <= names
     assert "accuracy.png" not in names  # not logged by this run: skipped
     for path in paths:

@@ -81,7 +81,9 @@ def test_a_step_moves_gate_lambda_and_lora_but_not_the_base(tmp_path, make_model
         "loss",
         "reward",
         "reward_std",
-        "rewards/hash_reward",
+        "frac_reward_zero_std",
+        "rewards/hash_reward/mean",
+        "rewards/hash_reward/std",
         "kl",
         "completion_length",
         "embeds_ratio",
@@ -369,7 +371,7 @@ def test_one_step_on_each_benchmark_task(tmp_path, make_model, tok, name):
         progress=False,
     )
     _, metrics = tr.train_step(0)
-    assert f"rewards/{name}_accuracy" in metrics and 0.0 <= metrics["accuracy"] <= 1.0
+    assert f"rewards/{name}_accuracy/mean" in metrics and 0.0 <= metrics["accuracy"] <= 1.0
 
 
 @pytest.mark.parametrize("hybrid", [True, False])

@@ -2,7 +2,8 @@
 
 Every setting of the config is translated here, once, and nowhere else in the trainer:
 
-* the data: the task, its training and held-out rows, the reward functions and their weights;
+* the data: the task, its training and held-out rows (or a dataset's), the reward functions (or
+  their import paths) and their weights;
 * the policy: the language model (loaded, or the one passed in), gradient checkpointing, LoRA
   (PEFT), and the gate, wrapped together as a :class:`~hrpo.model.HybridModel`;
 * the reference for the KL term: a frozen copy for full fine-tuning, or none (with LoRA the
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +29,11 @@ from transformers import PreTrainedModel, get_scheduler
 from hrpo.config import HRPOConfig, recipe_path
 from hrpo.gate import HybridGate
 from hrpo.model import HybridModel
-from hrpo.reward import RewardFunc, reward_name
+from hrpo.reward import RewardFunc, resolve_reward_funcs, reward_name
 from hrpo.rollout import RolloutConfig
+
+Rows = Sequence[Mapping[str, Any]]
+"""A dataset: a list of dicts, or anything read by index as dicts (a map-style ``datasets.Dataset``)."""
 
 
 @dataclass
@@ -38,24 +42,50 @@ class RunData:
 
     task: Any | None
     """The task (None when the datasets and reward functions were all given)."""
-    train_dataset: list[dict[str, Any]]
-    eval_dataset: list[dict[str, Any]]
+    train_dataset: Rows
+    eval_dataset: Rows
     reward_funcs: list[RewardFunc]
     reward_weights: list[float] | None
+
+
+def check_data_sources(cfg: HRPOConfig) -> None:
+    """Fail on a ``reward_funcs`` path that does not import or is not callable, and on a
+    ``dataset_name`` that cannot load, before anything slow (``hrpo train`` calls it first)."""
+    resolve_reward_funcs(cfg.reward_funcs)
+    if cfg.dataset_name:
+        from hrpo.tasks.data import check_dataset_name  # the tasks package imports every task
+
+        check_dataset_name(cfg.dataset_name)
 
 
 def build_data(
     cfg: HRPOConfig,
     *,
     task: Any | None = None,
-    train_dataset: list[dict[str, Any]] | None = None,
-    eval_dataset: list[dict[str, Any]] | None = None,
-    reward_funcs: Sequence[RewardFunc] | None = None,
+    train_dataset: Rows | None = None,
+    eval_dataset: Rows | None = None,
+    reward_funcs: Sequence[RewardFunc | str] | RewardFunc | str | None = None,
 ) -> RunData:
-    """The task (``cfg.task`` unless given), datasets (default: the task's ``train`` split and the
-    first ``eval_limit`` rows of ``test``) and reward functions (default: the task's accuracy
-    reward, plus its format reward when ``format_reward_weight`` is set)."""
-    if task is None and (train_dataset is None or reward_funcs is None):
+    """The task (``cfg.task`` unless given), datasets and reward functions of a run.
+
+    Datasets: those given, else ``cfg.dataset_name``'s train and test splits, else the task's
+    ``train`` split and the first ``eval_limit`` rows of its ``test`` split. Reward functions
+    (callables or import paths): those given, else ``cfg.reward_funcs``, else the task's accuracy
+    reward, plus its format reward when ``format_reward_weight`` is set. Reward paths are imported
+    first, so a wrong one fails before any data or model loads.
+    """
+    if reward_funcs is None and cfg.reward_funcs:
+        reward_funcs = cfg.reward_funcs
+    funcs = None if reward_funcs is None else resolve_reward_funcs(reward_funcs)
+    if train_dataset is None and cfg.dataset_name:
+        from hrpo.tasks.data import load_dataset_splits  # the tasks package imports every task
+
+        train_dataset, test = load_dataset_splits(
+            cfg.dataset_name, cfg.dataset_config, cfg.dataset_train_split, cfg.dataset_test_split
+        )
+        if eval_dataset is None:  # held-out problems: the first eval_limit rows of the test split
+            eval_dataset = [] if test is None or cfg.eval_limit == 0 else _head(test, cfg.eval_limit)
+    if task is None and (train_dataset is None or funcs is None):
         from hrpo.tasks import get_task  # the task registry imports every task's dependencies
 
         task = get_task(cfg.task, **{"marker": cfg.answer_marker, **cfg.task_args})
@@ -64,9 +94,7 @@ def build_data(
     if eval_dataset is None and task is not None and cfg.eval_limit > 0:
         eval_dataset = task.load("test", limit=cfg.eval_limit)
     weights = cfg.reward_weights
-    if reward_funcs is not None:
-        funcs = list(reward_funcs)
-    else:
+    if funcs is None:
         funcs = [task.reward_function(cfg.strict_format)]
         if cfg.format_reward_weight:
             funcs.append(task.format_reward_function())
@@ -76,12 +104,41 @@ def build_data(
             f"config key 'reward_weights': {len(weights)} weights for "
             f"{len(funcs)} reward functions {[reward_name(f) for f in funcs]}"
         )
-    if not train_dataset:
-        raise ValueError("the training dataset is empty")
-    for i, row in enumerate(train_dataset[:1000]):
+    _check_rows(train_dataset, "training")
+    return RunData(task, train_dataset, [] if eval_dataset is None else eval_dataset, funcs, weights)
+
+
+def _head(rows: Rows, n: int) -> Rows:
+    """The first ``n`` rows (a ``datasets.Dataset`` stays one)."""
+    select = getattr(rows, "select", None)
+    return select(range(min(n, len(rows)))) if callable(select) else rows[:n]
+
+
+def _check_rows(rows: Any, what: str) -> None:
+    """``rows`` is read by index as dicts, has rows, and has a ``prompt`` column."""
+    if isinstance(rows, Mapping):  # a DatasetDict, or columns
+        raise TypeError(
+            f"the {what} dataset is a mapping (keys {sorted(rows)[:5]}); pass one split's rows, "
+            "e.g. dataset['train']"
+        )
+    if not (hasattr(rows, "__len__") and hasattr(rows, "__getitem__")):
+        raise TypeError(
+            f"the {what} dataset must be a list of dicts or a map-style datasets.Dataset, got "
+            f"{type(rows).__name__} (a streaming IterableDataset cannot be read by index)"
+        )
+    if not len(rows):
+        raise ValueError(f"the {what} dataset is empty")
+    columns = getattr(rows, "column_names", None)
+    if isinstance(columns, list):  # a datasets.Dataset: one schema for every row
+        if "prompt" not in columns:
+            raise ValueError(f"the {what} dataset has no 'prompt' column (columns: {sorted(columns)})")
+        return
+    for i in range(min(len(rows), 1000)):
+        row = rows[i]
+        if not isinstance(row, Mapping):
+            raise TypeError(f"{what} row {i} is a {type(row).__name__}, not a dict")
         if "prompt" not in row:
-            raise ValueError(f"training row {i} has no 'prompt' column (columns: {sorted(row)})")
-    return RunData(task, train_dataset, eval_dataset or [], funcs, weights)
+            raise ValueError(f"{what} row {i} has no 'prompt' column (columns: {sorted(row)})")
 
 
 def rollout_config(cfg: HRPOConfig, task: Any | None = None) -> RolloutConfig:

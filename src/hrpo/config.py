@@ -104,6 +104,23 @@ class HRPOConfig:
     ``package.module:ClassName`` (a Task subclass or a function returning a Task)."""
     task_args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the task's constructor (e.g. ``{difficulty: 2}`` for arithmetic)."""
+    dataset_name: str | None = None
+    """Data to train on instead of the task's: a local .json (a list of records), .jsonl or .parquet
+    file, a directory holding one such file per split (train.jsonl, test.jsonl, …), or a hub
+    dataset id (pip install 'hrpo[datasets]'). Rows need a ``prompt`` column (text or chat messages)
+    plus the columns the reward functions read (the task's reward reads ``answer``)."""
+    dataset_config: str | None = None
+    """Configuration (subset) of a hub dataset, as ``datasets.load_dataset``'s ``name``."""
+    dataset_train_split: str = "train"
+    """Split of dataset_name trained on (a single file is the training split)."""
+    dataset_test_split: str | None = "test"
+    """Split of dataset_name evaluated before and after training (its first eval_limit rows, graded by
+    the task, so not with reward_funcs); none when the dataset has no such split."""
+    reward_funcs: list[str] = field(default_factory=list)
+    """Reward functions by import path, ``module:function`` or ``module.function`` (the working
+    directory is importable; a single path may be given without the list), called with TRL's
+    arguments; each one's name labels its ``rewards/<name>/mean`` and ``/std`` metrics. Empty: the
+    task's accuracy reward (and its format reward, see format_reward_weight)."""
     eval_limit: int = 100
     """Held-out problems scored (greedy) before and after training; 0 skips the evaluation."""
     eval_batch_size: int = 50
@@ -252,6 +269,8 @@ class HRPOConfig:
     """Extra metric sinks: "tensorboard", "wandb", "trackio" (metrics.jsonl is always written)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.reward_funcs, str):  # reward_funcs=my_rewards:accuracy on the command line
+            self.reward_funcs = [self.reward_funcs]
         _check_types(self)
         for name, allowed in FIELD_RANGES.items():
             allowed.check(f"config key {name!r}", getattr(self, name))
@@ -269,6 +288,7 @@ class HRPOConfig:
                 f"config key 'cache_implementation': must be 'dynamic' or 'static' "
                 f"(got {self.cache_implementation!r})"
             )
+        self._check_data_fields()
         if not self.answer_marker:
             raise ConfigError("config key 'answer_marker': must not be empty")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -280,6 +300,23 @@ class HRPOConfig:
                 raise ConfigError(
                     f"report_to: unknown sink {sink!r} (known: tensorboard, wandb, trackio, none)"
                 )
+
+    def _check_data_fields(self) -> None:
+        for name in ("dataset_name", "dataset_config", "dataset_train_split", "dataset_test_split"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ConfigError(f"config key {name!r}: must not be empty")
+        for i, path in enumerate(self.reward_funcs):
+            if ":" not in path and "." not in path.strip("."):
+                raise ConfigError(
+                    f"config key 'reward_funcs', item {i}: {path!r} is no import path "
+                    "(expected module:function or module.function)"
+                )
+        if self.reward_funcs and self.format_reward_weight:
+            raise ConfigError(
+                "config keys 'reward_funcs', 'format_reward_weight': the format reward is the task's, "
+                "which reward_funcs replaces; list a format reward in reward_funcs (weighted by reward_weights)"
+            )
 
     def completions_per_step(self, num_processes: int = 1) -> int:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * num_processes

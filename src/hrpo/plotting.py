@@ -29,12 +29,14 @@ _LINESTYLES = ("-", "--", ":", "-.")
 
 @dataclass(frozen=True)
 class Panel:
-    """One subplot: the exact ``keys`` plus every key starting with ``prefix``."""
+    """One subplot: the exact ``keys`` plus every key starting with ``prefix`` (and ending with
+    ``suffix``, when given)."""
 
     name: str
     title: str
     keys: tuple[str, ...] = ()
     prefix: str | None = None
+    suffix: str | None = None
     band: tuple[str, str] | None = None  # (mean key, std key) drawn as mean ± std
     logy: bool = False
     smooth: bool = True  # False for schedules (learning rates): exact values, nothing to average
@@ -43,13 +45,19 @@ class Panel:
         """The panel's keys found in ``available``, exact keys first, then prefixed ones sorted."""
         found = [k for k in self.keys if k in available]
         if self.prefix is not None:
-            found += sorted(k for k in available if k.startswith(self.prefix) and k not in found)
+            found += sorted(
+                k
+                for k in available
+                if k.startswith(self.prefix) and k.endswith(self.suffix or "") and k not in found
+            )
         return found
 
 
 PANELS: tuple[Panel, ...] = (
     Panel("reward", "Reward", ("reward",), band=("reward", "reward_std")),
-    Panel("rewards", "Reward by function", prefix="rewards/"),
+    Panel("rewards", "Reward by function (mean)", prefix="rewards/", suffix="/mean"),
+    Panel("rewards_std", "Reward by function (std)", prefix="rewards/", suffix="/std"),
+    Panel("frac_reward_zero_std", "Share of groups with tied rewards", ("frac_reward_zero_std",)),
     Panel("accuracy", "Accuracy", ("accuracy",)),
     Panel("loss", "Loss", ("loss",)),
     Panel("kl", "KL to reference", ("kl",)),

@@ -45,7 +45,15 @@ from hrpo.evaluation import evaluate
 from hrpo.loss import LossNormalizer, policy_loss
 from hrpo.marker import find_markers
 from hrpo.metrics import MetricsLogger, peak_memory_gb
-from hrpo.reward import RewardFunc, compute_rewards
+from hrpo.reward import (
+    DROPPED_COLUMNS,
+    RewardFunc,
+    TrainingState,
+    compute_rewards,
+    reward_completions,
+    reward_metrics,
+    unpadded_ids,
+)
 from hrpo.rollout import RolloutEngine
 from hrpo.rundir import (
     API_HINTS,
@@ -208,6 +216,18 @@ class HRPOTrainer:
             ]
         )
 
+    def _reward_state(self, step: int) -> TrainingState:
+        """The ``trainer_state`` reward functions see while step ``step`` (0-based) is computed."""
+        acc, n = self.accelerator, len(self.train_dataset)
+        return TrainingState(
+            global_step=step,
+            max_steps=self.max_steps,
+            epoch=step * self.prompts_per_step / n,
+            num_train_epochs=math.ceil(self.max_steps * self.prompts_per_step / n),
+            is_local_process_zero=acc.is_local_main_process,
+            is_world_process_zero=acc.is_main_process,
+        )
+
     def collect(self, step: int) -> StepBatch:
         """Prompts → rollouts → rewards → gathered advantages → reference/old log-probs."""
         cfg, acc = self.config, self.accelerator
@@ -219,9 +239,16 @@ class HRPOTrainer:
         rollout_seconds = time.perf_counter() - started
 
         rows = [prompt_rows[i] for i in ro.group_ids.tolist()]
-        columns = {k: [r.get(k) for r in rows] for k in prompt_rows[0] if k != "prompt"}
+        prompts = [r["prompt"] for r in rows]
+        columns = {k: [r.get(k) for r in rows] for k in prompt_rows[0] if k not in DROPPED_COLUMNS}
         rewards, parts = compute_rewards(
-            self.reward_funcs, [r["prompt"] for r in rows], ro.completion_texts, columns, self.reward_weights
+            self.reward_funcs,
+            prompts,
+            reward_completions(prompts, ro.completion_texts),
+            columns,
+            self.reward_weights,
+            completion_ids=unpadded_ids(ro.completion_ids, ro.completion_mask),
+            trainer_state=self._reward_state(step),
         )
         all_rewards = acc.gather(rewards.to(acc.device))
         all_advantages = group_advantages(all_rewards, cfg.num_generations, cfg.scale_rewards)
@@ -306,11 +333,12 @@ class HRPOTrainer:
         tokens = total(ro.completion_mask.sum())
         metrics: dict[str, float] = {
             "loss": total(stats.loss) / cfg.num_iterations,
-            "reward": float(batch.all_rewards.mean()),
-            "reward_std": float(batch.all_rewards.view(-1, cfg.num_generations).std(dim=1).mean()),
+            **reward_metrics(
+                batch.all_rewards,
+                {name: acc.gather(v.to(acc.device)) for name, v in batch.reward_parts.items()},
+                cfg.num_generations,
+            ),
         }
-        for name, values in batch.reward_parts.items():
-            metrics[f"rewards/{name}"] = mean(values)
         if self.task is not None:
             correct = self.task.grade(ro.completion_texts, batch.rows)
             metrics["accuracy"] = mean(torch.tensor(correct))

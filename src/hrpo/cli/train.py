@@ -7,6 +7,7 @@ import shlex
 import time
 from pathlib import Path
 
+from hrpo.build import check_data_sources
 from hrpo.checkpoint import TRAINER_STATE, latest_checkpoint
 from hrpo.config import describe_fields, load_config, recipes
 from hrpo.distributed import end_process_group
@@ -64,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(
             f"--resume {args.resume}: not an hrpo training checkpoint ({TRAINER_STATE} missing)"
         )
+    # A reward path or dataset that cannot load fails now, before output_dir is touched.
+    check_data_sources(cfg)
     out = Path(cfg.output_dir)
     # Lock and check output_dir before the model loads and before anything is written there. Under
     # accelerate only the main process does; the trainer's Accelerator does not exist yet.
