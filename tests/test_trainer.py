@@ -412,3 +412,72 @@ def test_python_api_writes_the_same_run_directory_as_the_cli(tmp_path, make_mode
     assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoints", "plots"}
     assert summary["plots"] and all(p.is_file() for p in summary["plots"])
     assert main(["plot", str(out), "--output", str(tmp_path / "again.png")]) == 0
+
+
+LOSS_PASS_METRICS = ("clip_ratio", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"loss_type": "bnpo"},
+        {"importance_sampling_level": "sequence", "num_iterations": 2},
+        {"mask_truncated_completions": True},
+        {"steps_per_generation": 4, "loss_type": "dapo"},
+    ],
+    ids=["bnpo", "gspo", "mask_truncated", "steps_per_generation"],
+)
+def test_trl_loss_options_train_and_log_the_loss_pass_metrics(tmp_path, make_model, tok, overrides):
+    tr = trainer(tmp_path, make_model, tok, beta=0.01, max_steps=1, logit_chunk_size=3, **overrides)
+    tr.plots = False
+    if overrides.get("mask_truncated_completions"):
+        tr.engine.eos_ids = torch.arange(3, 33)  # a tenth of the vocabulary ends a completion: some do
+    batches = []
+    tr.train_step = lambda step, f=tr.train_step: batches.append(f(step)) or batches[-1]
+    tr.train()
+    (logged,) = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    for key in (*LOSS_PASS_METRICS, "entropy", "rollout_entropy", "kl", "loss"):
+        assert key in logged and math.isfinite(logged[key]), key
+    assert all(0 <= logged[k] <= 1 for k in LOSS_PASS_METRICS)
+    assert logged["clip_ratio/region_mean"] == pytest.approx(
+        logged["clip_ratio/low_mean"] + logged["clip_ratio/high_mean"]
+    )
+    ((batch, metrics),) = batches
+    ro = batch.rollout
+    if "loss_type" in overrides and "steps_per_generation" not in overrides:  # bnpo, one update
+        assert batch.normalizer.num_micro_batches == 2 and batch.old_logprobs is None
+        # Teacher-forced at the rollout's temperature by the unchanged policy: the rollout's entropy.
+        assert logged["entropy"] > 0 and logged["entropy"] == pytest.approx(
+            logged["rollout_entropy"], rel=1e-4
+        )
+    if "num_iterations" in overrides:
+        assert batch.old_logprobs is not None and tr.scheduler.last_epoch == 2
+    if "mask_truncated_completions" in overrides:
+        last = ro.completion_ids.gather(1, (ro.completion_lengths - 1)[:, None]).squeeze(1)
+        ended = torch.isin(last, torch.arange(3, 33))
+        assert batch.normalizer.num_tokens == int(ro.completion_lengths[ended].sum())
+        assert batch.normalizer.num_sequences == len(ro)  # grpo/dr_grpo still count every sequence
+    if "steps_per_generation" in overrides:  # two optimiser batches of 4 completions from one rollout batch
+        assert len(ro) == 8 and batch.old_logprobs is not None and tr.scheduler.last_epoch == 2
+
+
+def test_steps_per_generation_takes_one_update_per_optimiser_batch(tmp_path, make_model, tok):
+    """steps_per_generation = 2 × gradient_accumulation_steps: the step's 8 completions are two
+    optimiser batches of 4, each normalised on its own (dapo: its own token count). With zero
+    learning rates the policy does not move, so the ratio is 1 and the logged loss is, by hand,
+    the mean over the two halves of Σ(−A + β·k3) / tokens."""
+    zero = {"learning_rate": 0.0, "gate_learning_rate": 0.0, "lambda_learning_rate": 0.0}
+    tr = trainer(tmp_path, make_model, tok, beta=0.1, loss_type="dapo", steps_per_generation=4, **zero)
+    batch, metrics = tr.train_step(0)
+    ro = batch.rollout
+    with torch.no_grad():
+        lp = tr._logprobs(tr.prepared_model, ro, slice(None), hybrid=True)
+    delta = batch.ref_logprobs - lp
+    tok_loss = (-batch.advantages[:, None] + 0.1 * (torch.exp(delta) - delta - 1)) * ro.completion_mask
+    halves = [slice(0, 4), slice(4, 8)]
+    expect = sum(tok_loss[h].sum() / ro.completion_mask[h].sum() for h in halves) / 2
+    assert metrics["loss"] == pytest.approx(expect.item(), abs=1e-5)
+    assert metrics["clip_ratio"] == 0 and tr.scheduler.last_epoch == 2
+    assert [tr._loss_normalizer(ro, h).num_tokens for h in halves] == [
+        int(ro.completion_mask[h].sum()) for h in halves
+    ]

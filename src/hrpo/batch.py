@@ -176,6 +176,26 @@ class UpdateStats:
     """Sums over an update's micro-batches (this process), for the step's metrics."""
 
     loss: float = 0.0
+    """Sum of the updates' losses."""
     kl: float = 0.0
     clipped: float = 0.0
     grad_norm: float = 0.0
+    """Of the last update."""
+    entropy: float = 0.0
+    """Sum of the policy's per-token entropy over the loss tokens, from the loss pass."""
+    clip_low: float = 0.0
+    clip_high: float = 0.0
+    clip_region: float = 0.0
+    clip_count: float = 0.0
+    """Denominator of the three clip sums (tokens, or sequences at sequence level)."""
+    updates: int = 0
+    """Optimiser updates taken (num_iterations × optimiser batches per rollout batch)."""
+
+    def add(self, loss: torch.Tensor, entropy_sum: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        """Add a micro-batch's loss, entropy sum and :func:`~hrpo.loss.policy_loss` statistics,
+        with one device synchronisation for all of them."""
+        keys = ("kl_sum", "clipped_sum", "clip_low_sum", "clip_high_sum", "clip_region_sum", "clip_count")
+        values = torch.stack([loss.detach().float(), entropy_sum.float(), *(parts[k].float() for k in keys)])
+        names = ("loss", "entropy", "kl", "clipped", "clip_low", "clip_high", "clip_region", "clip_count")
+        for name, value in zip(names, values.tolist(), strict=True):
+            setattr(self, name, getattr(self, name) + value)

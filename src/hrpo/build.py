@@ -271,10 +271,18 @@ def build_optimizer(cfg: HRPOConfig, model: HybridModel) -> torch.optim.Optimize
     )
 
 
+def optimizer_batches_per_rollout(cfg: HRPOConfig) -> int:
+    """k: the optimiser batches in one step's rollout batch (``steps_per_generation`` over
+    ``gradient_accumulation_steps``; 1 by default). A step takes ``k × num_iterations`` updates."""
+    if cfg.steps_per_generation is None:
+        return 1
+    return cfg.steps_per_generation // cfg.gradient_accumulation_steps
+
+
 def build_scheduler(cfg: HRPOConfig, optimizer: torch.optim.Optimizer, max_steps: int) -> Any:
-    """Warm-up then ``lr_scheduler_type``, stepped once per optimiser pass (``num_iterations``
-    passes per training step)."""
-    passes = max_steps * cfg.num_iterations
+    """Warm-up then ``lr_scheduler_type``, stepped once per optimiser update (``num_iterations``
+    passes over ``k`` optimiser batches per training step, see :func:`optimizer_batches_per_rollout`)."""
+    passes = max_steps * cfg.num_iterations * optimizer_batches_per_rollout(cfg)
     return get_scheduler(
         cfg.lr_scheduler_type if cfg.lr_scheduler_type != "constant" else "constant_with_warmup",
         optimizer,
@@ -284,15 +292,16 @@ def build_scheduler(cfg: HRPOConfig, optimizer: torch.optim.Optimizer, max_steps
 
 
 def step_budget(cfg: HRPOConfig, num_rows: int, num_processes: int) -> tuple[int, int]:
-    """(prompts per process per step, number of steps): whole groups per process, and
-    ``max_steps`` or else ``num_train_epochs`` passes over the rows."""
+    """(prompts per process per step, number of steps): whole groups per process in each optimiser
+    batch (``k`` of them per step, see :func:`optimizer_batches_per_rollout`), and ``max_steps`` or
+    else ``num_train_epochs`` passes over the rows."""
     per_device = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     if per_device % cfg.num_generations:
         raise ValueError(
             f"per_device_train_batch_size × gradient_accumulation_steps = {per_device} completions per "
             f"process must be a multiple of num_generations={cfg.num_generations} (whole groups per process)"
         )
-    per_process = per_device // cfg.num_generations
+    per_process = per_device * optimizer_batches_per_rollout(cfg) // cfg.num_generations
     if cfg.max_steps > 0:
         return per_process, cfg.max_steps
     return per_process, max(1, int(cfg.num_train_epochs * num_rows // (per_process * num_processes)))

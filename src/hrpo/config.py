@@ -184,8 +184,20 @@ class HRPOConfig:
     beta: float = 0.005
     """β of the k3 KL penalty against the reference model (base weights, adapters off, token ids);
     0: no KL term and no reference forward pass."""
-    loss_type: Literal["grpo", "dr_grpo", "dapo"] = "grpo"
-    """Token aggregation: per-sequence mean then mean (paper), Dr. GRPO constant, or token-level mean."""
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "grpo"
+    """Token aggregation (TRL's): "grpo" per-sequence mean then mean over sequences (paper); "dr_grpo"
+    sum / (sequences × max_completion_length); "dapo" token-level mean over the optimiser step's
+    batch (all processes); "bnpo" token-level mean of each micro-batch, averaged over the step's
+    micro-batches: like TRL it depends on per_device_train_batch_size (1: same as "grpo")."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """Importance ratio of the clipped objective: per token exp(ℓ − ℓ_old), or "sequence" (GSPO,
+    TRL's): exp of the mean of ℓ − ℓ_old over the completion's tokens, one ratio for all its
+    tokens. GSPO pairs it with loss_type "grpo"; the others weight each completion by its length."""
+    mask_truncated_completions: bool = False
+    """Leave completions that hit max_completion_length without an end of sequence out of the loss
+    (DAPO, TRL's): their tokens get no gradient and are not counted in the "dapo"/"bnpo" token
+    counts (nor in kl, entropy and clip_ratio*), but, as in TRL, they still count as sequences
+    for "grpo" and "dr_grpo" (a masked completion adds 0 to the mean over sequences)."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Advantage scaling: (R − mean_group) / (std + 1e-4) with the group's std, the batch's, or none."""
     epsilon: float = 0.2
@@ -195,6 +207,17 @@ class HRPOConfig:
     """Upper clip range (DAPO's clip-higher); None: same as epsilon."""
     num_iterations: int = 1
     """Optimiser passes over each rollout batch (μ). 1 is the paper (ratio ≡ 1, no clipping)."""
+    steps_per_generation: int | None = None
+    """TRL's rollout reuse across optimiser steps: one rollout batch (made with the policy of the
+    moment) holds this many micro-batches per process and is consumed gradient_accumulation_steps
+    micro-batches per optimiser step, so it must be a multiple k of gradient_accumulation_steps
+    (None: equal to it, k = 1). A step then generates k optimiser batches' rollouts at once
+    (advantages within each group as usual) and takes k × num_iterations optimiser updates on
+    them, in order, with the ratio clipped against the log-probs at generation. max_steps and the
+    logged metrics count these steps (each one rollout batch), not the updates; the learning-rate
+    schedule counts updates. The step's completions are split per process, so with k > 1 which
+    completions share an update depends on the number of processes (not the rollouts or
+    advantages)."""
     loss_temperature: float | None = None
     """Temperature of the log-probs in the loss; None: the rollout temperature. The reference code used 1.0."""
     reward_weights: list[float] | None = None
@@ -230,7 +253,8 @@ class HRPOConfig:
     adam_beta2: float = 0.99
     """AdamW β₂ (decay of the squared-gradient average)."""
     warmup_ratio: float = 0.1
-    """Fraction of the optimiser updates (max_steps × num_iterations) with a linear warm-up."""
+    """Fraction of the optimiser updates (max_steps × num_iterations × steps_per_generation /
+    gradient_accumulation_steps) with a linear warm-up."""
     lr_scheduler_type: Literal["cosine", "linear", "constant"] = "cosine"
     """Learning-rate schedule after the warm-up: cosine or linear decay to 0, or constant."""
     max_grad_norm: float = 0.1
@@ -283,6 +307,14 @@ class HRPOConfig:
                 raise ConfigError("config key 'reward_weights': must be null or a non-empty list (got [])")
             for i, weight in enumerate(self.reward_weights):
                 Range().check(f"config key 'reward_weights', item {i}", weight)
+        spg, accumulation = self.steps_per_generation, self.gradient_accumulation_steps
+        if spg is not None and spg % accumulation:
+            raise ConfigError(
+                f"config key 'steps_per_generation': must be null or a multiple of "
+                f"gradient_accumulation_steps={accumulation} (got {spg}): hrpo takes whole optimiser "
+                "steps from a rollout batch. To reuse one batch for several updates raise "
+                "num_iterations; to generate in smaller calls set generation_batch_size"
+            )
         if self.cache_implementation not in ("dynamic", "static"):
             raise ConfigError(
                 f"config key 'cache_implementation': must be 'dynamic' or 'static' "
@@ -352,6 +384,7 @@ FIELD_RANGES: dict[str, Range] = {
     "epsilon": Range(0, 1, low_open=True, high_open=True, why="the ratio's lower clip is 1 - epsilon"),
     "epsilon_high": Range(0, low_open=True, special=(None,)),
     "num_iterations": _POSITIVE_INT,
+    "steps_per_generation": Range(1, special=(None,)),
     "loss_temperature": Range(0, low_open=True, special=(None,)),
     "format_reward_weight": _NON_NEGATIVE,
     "lora_r": _POSITIVE_INT,

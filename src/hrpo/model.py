@@ -186,14 +186,18 @@ class HybridModel(nn.Module):
         thinking_mask: torch.Tensor | None = None,
         temperature: float = 1.0,
         chunk_size: int = 128,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return_entropy: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """Teacher-forced log-probs of ``completion_ids`` ``(B, C)`` given left-padded prompts.
 
         At thinking positions the input is rebuilt from the stored ``latents`` with the *current*
         gate, so gradients reach the gate, Λ and any adapters. The output head runs over
         ``chunk_size`` positions at a time, so float32 logits never exist for the whole
         ``B × C × V`` block. Returns log-probs ``(B, C)`` (float32; zero where
-        ``completion_mask`` is 0) and the decay ``a`` at completion positions (or None).
+        ``completion_mask`` is 0) and the decay ``a`` at completion positions (or None); with
+        ``return_entropy`` also the entropy of ``softmax(logits / temperature)`` at each position
+        ``(B, C)`` (float32, detached, zero where ``completion_mask`` is 0), computed from the same
+        chunks of logits: a metric at no extra forward pass.
         """
         if completion_mask is None:
             completion_mask = torch.ones_like(completion_ids)
@@ -203,16 +207,23 @@ class HybridModel(nn.Module):
         hidden = self.decode(embeds, mask)
         p, c = prompt_ids.shape[1], completion_ids.shape[1]
         hidden = hidden[:, p - 1 : p + c - 1]  # position t predicts token t + 1
-        out = []
+        out, entropy = [], []
         for s in range(0, c, chunk_size):
             logits = self.logits(hidden[:, s : s + chunk_size]) / temperature
             target = completion_ids[:, s : s + chunk_size]
             picked = logits.gather(-1, target[..., None]).squeeze(-1)
-            out.append(picked - torch.logsumexp(logits, dim=-1))
+            lse = torch.logsumexp(logits, dim=-1)
+            out.append(picked - lse)
+            if return_entropy:
+                with torch.no_grad():  # a metric: −Σ p log p = logsumexp(z) − Σ p·z, no graph kept
+                    z = logits.detach()
+                    entropy.append(lse.detach() - (torch.softmax(z, dim=-1) * z).sum(-1))
         logprobs = torch.cat(out, dim=1) * completion_mask
+        if return_entropy:
+            return logprobs, a, torch.cat(entropy, dim=1) * completion_mask
         return logprobs, a
 
-    def forward(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, *args, **kwargs) -> tuple[torch.Tensor, ...]:
         """:meth:`completion_logprobs`; a ``forward`` so that DDP/FSDP wrappers see the call."""
         return self.completion_logprobs(*args, **kwargs)
 

@@ -12,7 +12,8 @@ One optimiser step (spec §3, settings §4) is three calls, read top to bottom i
 2. :meth:`~HRPOTrainer.update`: ``num_iterations`` passes over the batch in micro-batches; the
    policy log-probs are recomputed teacher-forced with the current gate over the stored latents,
    the loss (:mod:`hrpo.loss`) is back-propagated, gradients are clipped and one AdamW step with
-   three parameter groups (LoRA/model, gate linears, Λ) is taken per pass.
+   three parameter groups (LoRA/model, gate linears, Λ) is taken per pass (per optimiser batch
+   of the pass with ``steps_per_generation``).
 3. :meth:`~HRPOTrainer.metrics`: what is logged (:mod:`hrpo.metrics`), from the batch and the
    update's sums.
 
@@ -42,7 +43,7 @@ from hrpo.batch import Rollout, StepBatch, UpdateStats, concat_rollouts
 from hrpo.config import HRPOConfig
 from hrpo.distributed import full_optimizer_state, gathered_parameters
 from hrpo.evaluation import evaluate
-from hrpo.loss import LossNormalizer, policy_loss
+from hrpo.loss import LossNormalizer, policy_loss, truncated_rows
 from hrpo.marker import find_markers
 from hrpo.metrics import MetricsLogger, peak_memory_gb
 from hrpo.reward import (
@@ -184,9 +185,37 @@ class HRPOTrainer:
             chunk_size=self.config.logit_chunk_size,
         )[0]
 
-    def _micro_batches(self, n: int) -> list[slice]:
+    def _micro_batches(self, n: int, start: int = 0) -> list[slice]:
+        """Slices of ``per_device_train_batch_size`` rows covering rows ``start .. start + n``."""
         mb = self.config.per_device_train_batch_size
-        return [slice(s, s + mb) for s in range(0, n, mb)]
+        return [slice(s, min(s + mb, start + n)) for s in range(start, start + n, mb)]
+
+    def _optimizer_batches(self, n: int) -> list[slice]:
+        """This process's rows of each optimiser update of a pass over a rollout batch of ``n``
+        rows: ``k`` consecutive equal parts (``steps_per_generation``; one part by default)."""
+        k = build.optimizer_batches_per_rollout(self.config)
+        size = n // k
+        return [slice(j * size, (j + 1) * size) for j in range(k)]
+
+    def _loss_mask(self, ro: Rollout) -> torch.Tensor:
+        """The tokens the loss sees: the completion mask, less truncated completions when
+        ``mask_truncated_completions`` (TRL's rule: no EOS within max_completion_length)."""
+        if not self.config.mask_truncated_completions:
+            return ro.completion_mask
+        kept = ~truncated_rows(ro.completion_ids, ro.completion_mask, self.engine.eos_ids)
+        return ro.completion_mask * kept[:, None].to(ro.completion_mask.dtype)
+
+    def _loss_normalizer(self, ro: Rollout, rows: slice) -> LossNormalizer:
+        """Denominators of the optimiser update over ``rows`` of every process's rollout batch."""
+        acc = self.accelerator
+        n = len(range(*rows.indices(len(ro))))
+        tokens = self._loss_mask(ro)[rows].sum().reshape(1).to(acc.device)
+        return LossNormalizer(
+            num_sequences=n * acc.num_processes,
+            num_tokens=int(acc.gather(tokens).sum().item()),
+            max_completion_length=self.config.max_completion_length,
+            num_micro_batches=len(self._micro_batches(n)) * acc.num_processes,
+        )
 
     @torch.no_grad()
     def _reference_logprobs(self, ro: Rollout) -> torch.Tensor | None:
@@ -207,7 +236,7 @@ class HRPOTrainer:
 
     @torch.no_grad()
     def _old_logprobs(self, ro: Rollout) -> torch.Tensor | None:
-        if self.config.num_iterations == 1:
+        if self.config.num_iterations * build.optimizer_batches_per_rollout(self.config) == 1:
             return None  # the policy has not moved: the ratio is 1 and the old log-probs are lp.detach()
         return torch.cat(
             [
@@ -253,7 +282,6 @@ class HRPOTrainer:
         all_rewards = acc.gather(rewards.to(acc.device))
         all_advantages = group_advantages(all_rewards, cfg.num_generations, cfg.scale_rewards)
         start = acc.process_index * len(ro)
-        token_count = acc.gather(ro.completion_mask.sum().reshape(1).to(acc.device)).sum().item()
         return StepBatch(
             step=step,
             rows=rows,
@@ -265,60 +293,83 @@ class HRPOTrainer:
             advantages=all_advantages[start : start + len(ro)],
             ref_logprobs=self._reference_logprobs(ro),
             old_logprobs=self._old_logprobs(ro),
-            normalizer=LossNormalizer(
-                num_sequences=len(ro) * acc.num_processes,
-                num_tokens=int(token_count),
-                max_completion_length=cfg.max_completion_length,
-            ),
+            normalizer=self._loss_normalizer(ro, slice(None)),
             started=started,
             rollout_seconds=rollout_seconds,
         )
 
     def update(self, batch: StepBatch) -> UpdateStats:
-        """``num_iterations`` optimiser passes over ``batch``, in micro-batches."""
+        """``num_iterations`` passes over ``batch``; each pass takes one optimiser update per
+        optimiser batch (one, or ``k`` with ``steps_per_generation``), in micro-batches."""
         cfg, acc = self.config, self.accelerator
-        ro, stats = batch.rollout, UpdateStats()
-        chunks = self._micro_batches(len(ro))
+        stats = UpdateStats()
+        splits = self._optimizer_batches(len(batch.rollout))
+        normalizers = (
+            [batch.normalizer]
+            if len(splits) == 1
+            else [self._loss_normalizer(batch.rollout, rows) for rows in splits]
+        )
+        mask = self._loss_mask(batch.rollout)
         for _ in range(cfg.num_iterations):
-            for j, rows in enumerate(chunks):
-                # Gradients are synchronised across processes on the last micro-batch only.
-                last = j == len(chunks) - 1
-                sync = (
-                    contextlib.nullcontext()
-                    if last or acc.num_processes == 1
-                    else acc.no_sync(self.prepared_model)
-                )
-                with sync, acc.autocast():
-                    lp = self._logprobs(self.prepared_model, ro, rows, hybrid=cfg.hybrid)
-                    loss, parts = policy_loss(
-                        lp,
-                        batch.advantages[rows],
-                        ro.completion_mask[rows],
-                        batch.normalizer,
-                        old_logprobs=None if batch.old_logprobs is None else batch.old_logprobs[rows],
-                        ref_logprobs=None if batch.ref_logprobs is None else batch.ref_logprobs[rows],
-                        beta=cfg.beta,
-                        epsilon=cfg.epsilon,
-                        epsilon_high=cfg.epsilon_high,
-                        loss_type=cfg.loss_type,
-                    )
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"step {batch.step}: the loss is {loss.item()} (micro-batch at completions "
-                            f"{rows.start}..{rows.stop - 1}); lower the learning rates or check the rewards"
-                        )
-                    # DDP averages gradients over processes; the normaliser already divides by
-                    # the global batch, so undo the average.
-                    acc.backward(loss * acc.num_processes)
-                stats.loss += loss.item()
-                stats.kl += parts["kl_sum"].item()
-                stats.clipped += parts["clipped_sum"].item()
-            trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
-            stats.grad_norm = float(acc.clip_grad_norm_(trainable, cfg.max_grad_norm))
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            for rows, normalizer in zip(splits, normalizers, strict=True):
+                self._accumulate_gradients(batch, rows, mask, normalizer, stats)
+                trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+                stats.grad_norm = float(acc.clip_grad_norm_(trainable, cfg.max_grad_norm))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                stats.updates += 1
         return stats
+
+    def _accumulate_gradients(
+        self,
+        batch: StepBatch,
+        part: slice,
+        mask: torch.Tensor,
+        normalizer: LossNormalizer,
+        stats: UpdateStats,
+    ) -> None:
+        """Back-propagate the loss of rows ``part`` of ``batch`` in micro-batches; add to ``stats``."""
+        cfg, acc, ro = self.config, self.accelerator, batch.rollout
+        chunks = self._micro_batches(part.stop - part.start, part.start)
+        for j, rows in enumerate(chunks):
+            # Gradients are synchronised across processes on the last micro-batch only.
+            last = j == len(chunks) - 1
+            sync = (
+                contextlib.nullcontext()
+                if last or acc.num_processes == 1
+                else acc.no_sync(self.prepared_model)
+            )
+            with sync, acc.autocast():
+                # The entropy comes from the same chunks of logits: a metric without another forward.
+                lp, _, entropy = self.prepared_model(
+                    **ro.model_inputs(rows, hybrid=cfg.hybrid),
+                    temperature=self.loss_temperature,
+                    chunk_size=cfg.logit_chunk_size,
+                    return_entropy=True,
+                )
+                loss, parts = policy_loss(
+                    lp,
+                    batch.advantages[rows],
+                    mask[rows],
+                    normalizer,
+                    old_logprobs=None if batch.old_logprobs is None else batch.old_logprobs[rows],
+                    ref_logprobs=None if batch.ref_logprobs is None else batch.ref_logprobs[rows],
+                    beta=cfg.beta,
+                    epsilon=cfg.epsilon,
+                    epsilon_high=cfg.epsilon_high,
+                    loss_type=cfg.loss_type,
+                    importance_sampling_level=cfg.importance_sampling_level,
+                )
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"step {batch.step}: the loss is {loss.item()} (micro-batch at completions "
+                        f"{rows.start}..{rows.stop - 1}); lower the learning rates or check the rewards"
+                    )
+                # DDP averages gradients over processes; the normaliser already divides by
+                # the global batch, so undo the average.
+                acc.backward(loss * acc.num_processes)
+            stats.add(loss, (entropy * mask[rows]).sum(), parts)
 
     def metrics(self, batch: StepBatch, stats: UpdateStats) -> dict[str, float]:
         """The step's logged metrics, averaged over every process's completions or tokens."""
@@ -332,7 +383,7 @@ class HRPOTrainer:
 
         tokens = total(ro.completion_mask.sum())
         metrics: dict[str, float] = {
-            "loss": total(stats.loss) / cfg.num_iterations,
+            "loss": total(stats.loss) / max(stats.updates, 1),  # mean over the step's updates
             **reward_metrics(
                 batch.all_rewards,
                 {name: acc.gather(v.to(acc.device)) for name, v in batch.reward_parts.items()},
@@ -342,8 +393,17 @@ class HRPOTrainer:
         if self.task is not None:
             correct = self.task.grade(ro.completion_texts, batch.rows)
             metrics["accuracy"] = mean(torch.tensor(correct))
-        metrics["kl"] = total(stats.kl) / cfg.num_iterations / tokens
-        metrics["clip_ratio"] = total(stats.clipped) / (cfg.num_iterations * tokens)
+        # From the loss pass, over the tokens the loss sees (all of them unless truncated
+        # completions are masked), averaged over the num_iterations passes.
+        loss_tokens = total(self._loss_mask(ro).sum()) or 1.0
+        metrics["kl"] = total(stats.kl) / cfg.num_iterations / loss_tokens
+        metrics["clip_ratio"] = total(stats.clipped) / (cfg.num_iterations * loss_tokens)
+        # TRL's: ratio below 1 − ε with A < 0, above 1 + ε_high with A > 0, and either (the
+        # region where clipping zeroes the gradient), per token or per sequence (GSPO).
+        clip_count = total(stats.clip_count) or 1.0
+        metrics["clip_ratio/low_mean"] = total(stats.clip_low) / clip_count
+        metrics["clip_ratio/high_mean"] = total(stats.clip_high) / clip_count
+        metrics["clip_ratio/region_mean"] = total(stats.clip_region) / clip_count
         metrics["completion_length"] = mean(ro.completion_lengths)
         # The strict reward is 0 with two answer markers; headings are occurrences the rule skipped.
         rcfg = self.engine.config
@@ -367,8 +427,11 @@ class HRPOTrainer:
         metrics["input_gate"] = think_mean(ro.input_gate, 0.0)
         metrics["latent_norm_ratio"] = think_mean(ro.latent_norm_ratio, 0.0)
         metrics["latent_input_ratio"] = think_mean(ro.latent_input_ratio, 0.0)
+        # The policy's entropy at the loss temperature over the loss tokens, from the loss pass
+        # (TRL's "entropy"); the rollout's, at τ over every completion token, for comparison.
+        metrics["entropy"] = total(stats.entropy) / cfg.num_iterations / loss_tokens
         if ro.entropy is not None:
-            metrics["entropy"] = total((ro.entropy * ro.completion_mask).sum()) / tokens
+            metrics["rollout_entropy"] = total((ro.entropy * ro.completion_mask).sum()) / tokens
         for group in self.optimizer.param_groups:
             metrics[f"lr/{group['name']}"] = group["lr"]
         metrics["grad_norm"] = stats.grad_norm
