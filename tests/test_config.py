@@ -1,6 +1,7 @@
 import pytest
 
-from hrpo.config import ConfigError, HRPOConfig, load_config, recipe_path, recipes
+from hrpo.config import ConfigError, HRPOConfig
+from hrpo.recipes import load_config, recipe_path, recipes
 
 
 def test_yaml_with_overrides(tmp_path):

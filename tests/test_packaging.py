@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import email
-import importlib.util
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hrpo.config import RECIPES_DIR, recipes
+from hrpo.recipes import RECIPES_DIR, recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,15 +61,18 @@ def test_an_install_from_the_wheel_loads_a_recipe_by_name(wheel, tmp_path, monke
         + ["--disable-pip-version-check", "--target", str(target), str(wheel)],
         check=True,
     )
-    # The installed config module, loaded by its file (importing the package would take torch and
-    # transformers along, and this process already has the checkout's hrpo).
-    installed = target / "hrpo" / "config.py"
-    spec = importlib.util.spec_from_file_location("installed_hrpo_config", installed)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    monkeypatch.chdir(tmp_path)  # no checkout around: the recipe must come from the install
-    assert module.recipes() == recipes()
-    assert module.recipe_path("quickstart") == target / "hrpo" / "configs" / "quickstart.yaml"
-    assert module.load_config("quickstart").output_dir == "runs/quickstart"
-    assert module.recipe_path("accelerate/fsdp").is_file()
+    # A fresh interpreter with the install first on the path and no checkout around (cwd), so the
+    # package and its recipes must come from the install.
+    probe = (
+        "import json, hrpo, hrpo.recipes as r;"
+        "print(json.dumps([hrpo.__file__, r.recipes(), str(r.recipe_path('quickstart')),"
+        " r.load_config('quickstart').output_dir, r.recipe_path('accelerate/fsdp').is_file()]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    package, names, quickstart, output_dir, fsdp = json.loads(out.stdout.splitlines()[-1])
+    assert Path(package).is_relative_to(target)
+    assert names == recipes()
+    assert Path(quickstart) == target / "hrpo" / "configs" / "quickstart.yaml"
+    assert output_dir == "runs/quickstart" and fsdp

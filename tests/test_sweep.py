@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from hrpo.cli import main
-from hrpo.config import ConfigError, recipe_path
+from hrpo.config import ConfigError
+from hrpo.recipes import recipe_path
 from hrpo.sweep import load_sweep, train_command
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ import pytest
 
 from hrpo.build import build_data
 from hrpo.cli import main
-from hrpo.config import ConfigError, HRPOConfig, load_config
+from hrpo.config import ConfigError, HRPOConfig
+from hrpo.recipes import load_config
 from hrpo.tasks.data import MissingDependencyError, load_dataset_splits
 from hrpo.trainer import HRPOTrainer
 

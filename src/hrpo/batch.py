@@ -199,3 +199,15 @@ class UpdateStats:
         names = ("loss", "entropy", "kl", "clipped", "clip_low", "clip_high", "clip_region", "clip_count")
         for name, value in zip(names, values.tolist(), strict=True):
             setattr(self, name, getattr(self, name) + value)
+
+
+def micro_batches(start: int, n: int, size: int) -> list[slice]:
+    """Slices of ``size`` rows covering rows ``start .. start + n`` (the last one may be shorter)."""
+    return [slice(s, min(s + size, start + n)) for s in range(start, start + n, size)]
+
+
+def optimizer_batches(n: int, k: int) -> list[slice]:
+    """The rows of each optimiser update of a pass over a rollout batch of ``n`` rows: ``k``
+    consecutive equal parts (``steps_per_generation``; one part by default)."""
+    size = n // k
+    return [slice(j * size, (j + 1) * size) for j in range(k)]

@@ -26,9 +26,10 @@ from accelerate import Accelerator, DistributedType
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, get_scheduler
 
-from hrpo.config import HRPOConfig, recipe_path
+from hrpo.config import HRPOConfig
 from hrpo.gate import HybridGate
 from hrpo.model import HybridModel
+from hrpo.recipes import recipe_path
 from hrpo.reward import RewardFunc, resolve_reward_funcs, reward_name
 from hrpo.rollout import RolloutConfig
 

@@ -14,16 +14,26 @@ import json
 import math
 import os
 import resource
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 
+from hrpo.marker import find_markers
+from hrpo.reward import reward_metrics
 from hrpo.rundir import METRICS_FILE, SAMPLES_FILE, WANDB_ID_FILE
 from hrpo.storage import atomic_write_text, read_jsonl
+
+if TYPE_CHECKING:  # types only: the trainer imports this module
+    from accelerate import Accelerator
+
+    from hrpo.batch import StepBatch, UpdateStats
+    from hrpo.config import HRPOConfig
+    from hrpo.rollout import RolloutConfig
 
 KNOWN_BACKENDS = ("tensorboard", "wandb", "trackio", "none")
 INSTALL_HINTS = {
@@ -272,3 +282,83 @@ class MetricsLogger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def step_metrics(
+    batch: StepBatch,
+    stats: UpdateStats,
+    *,
+    config: HRPOConfig,
+    accelerator: Accelerator,
+    task: Any | None,
+    rollout_config: RolloutConfig,
+    loss_mask: torch.Tensor,
+    param_groups: list[dict[str, Any]],
+) -> dict[str, float]:
+    """One training step's metrics, averaged over every process's completions or tokens:
+    rewards (:func:`hrpo.reward.reward_metrics`), accuracy, the loss pass's KL, clipping and
+    entropy, lengths and markers, what the hybrid mechanism did, learning rates and speed."""
+    cfg, acc, ro = config, accelerator, batch.rollout
+
+    def total(x: torch.Tensor | float) -> float:
+        return float(acc.gather(torch.as_tensor(x, dtype=torch.float32).reshape(1).to(acc.device)).sum())
+
+    def mean(x: torch.Tensor) -> float:
+        return float(acc.gather(x.float().to(acc.device).reshape(-1)).mean())
+
+    tokens = total(ro.completion_mask.sum())
+    metrics: dict[str, float] = {
+        "loss": total(stats.loss) / max(stats.updates, 1),  # mean over the step's updates
+        **reward_metrics(
+            batch.all_rewards,
+            {name: acc.gather(v.to(acc.device)) for name, v in batch.reward_parts.items()},
+            cfg.num_generations,
+        ),
+    }
+    if task is not None:
+        correct = task.grade(ro.completion_texts, batch.rows)
+        metrics["accuracy"] = mean(torch.tensor(correct))
+    # From the loss pass, over the tokens the loss sees (all of them unless truncated
+    # completions are masked), averaged over the num_iterations passes.
+    loss_tokens = total(loss_mask.sum()) or 1.0
+    metrics["kl"] = total(stats.kl) / cfg.num_iterations / loss_tokens
+    metrics["clip_ratio"] = total(stats.clipped) / (cfg.num_iterations * loss_tokens)
+    # TRL's: ratio below 1 − ε with A < 0, above 1 + ε_high with A > 0, and either (the
+    # region where clipping zeroes the gradient), per token or per sequence (GSPO).
+    clip_count = total(stats.clip_count) or 1.0
+    metrics["clip_ratio/low_mean"] = total(stats.clip_low) / clip_count
+    metrics["clip_ratio/high_mean"] = total(stats.clip_high) / clip_count
+    metrics["clip_ratio/region_mean"] = total(stats.clip_region) / clip_count
+    metrics["completion_length"] = mean(ro.completion_lengths)
+    # The strict reward is 0 with two answer markers; headings are occurrences the rule skipped.
+    rcfg = rollout_config
+    found = [find_markers(c, rcfg.answer_marker, rcfg.ignore_marker_headings) for c in ro.completion_texts]
+    metrics["multiple_markers"] = mean(torch.tensor([len(f.answers) > 1 for f in found]))
+    metrics["heading_markers"] = mean(torch.tensor([len(f.headings) > 0 for f in found]))
+    think = ro.thinking_mask.float()
+    n_think = total(think.sum())
+    metrics["thinking_fraction"] = n_think / tokens
+
+    def think_mean(x: torch.Tensor | None, default: float) -> float:
+        """Mean of a per-position statistic over every process's thinking positions."""
+        return default if x is None or not n_think else total((x * think).sum()) / n_think
+
+    # What the hybrid mechanism does (spec §2): a, sqrt(1 − a²), i, and how large the latent
+    # and its contribution to the fed input are relative to the token embedding.
+    metrics["embeds_ratio"] = think_mean(ro.embeds_ratio, 1.0)
+    metrics["hidden_ratio"] = think_mean(ro.hidden_ratio, 0.0)
+    metrics["input_gate"] = think_mean(ro.input_gate, 0.0)
+    metrics["latent_norm_ratio"] = think_mean(ro.latent_norm_ratio, 0.0)
+    metrics["latent_input_ratio"] = think_mean(ro.latent_input_ratio, 0.0)
+    # The policy's entropy at the loss temperature over the loss tokens, from the loss pass
+    # (TRL's "entropy"); the rollout's, at τ over every completion token, for comparison.
+    metrics["entropy"] = total(stats.entropy) / cfg.num_iterations / loss_tokens
+    if ro.entropy is not None:
+        metrics["rollout_entropy"] = total((ro.entropy * ro.completion_mask).sum()) / tokens
+    for group in param_groups:
+        metrics[f"lr/{group['name']}"] = group["lr"]
+    metrics["grad_norm"] = stats.grad_norm
+    metrics["rollout_tokens_per_s"] = tokens / max(batch.rollout_seconds, 1e-9) / acc.num_processes
+    metrics["step_time"] = time.perf_counter() - batch.started
+    metrics["peak_memory_gb"] = peak_memory_gb()
+    return metrics

@@ -51,6 +51,20 @@ class TrainingState:
     is_local_process_zero: bool = True
     is_world_process_zero: bool = True
 
+    @classmethod
+    def at(
+        cls, step: int, max_steps: int, prompts_per_step: int, num_rows: int, accelerator: Any
+    ) -> TrainingState:
+        """The state while step ``step`` (0-based) of a run over ``num_rows`` prompts is computed."""
+        return cls(
+            global_step=step,
+            max_steps=max_steps,
+            epoch=step * prompts_per_step / num_rows,
+            num_train_epochs=math.ceil(max_steps * prompts_per_step / num_rows),
+            is_local_process_zero=accelerator.is_local_main_process,
+            is_world_process_zero=accelerator.is_main_process,
+        )
+
 
 class RewardFunctionError(RuntimeError):
     """A reward function raised, or returned something unusable; the message shows the input."""

@@ -41,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from hrpo.config import ConfigError, HRPOConfig, config_path, load_config, read_yaml_mapping
+from hrpo.config import ConfigError, HRPOConfig
 from hrpo.metrics import read_metrics
+from hrpo.recipes import config_path, load_config, read_yaml_mapping
 from hrpo.rundir import EVAL_AFTER, EVAL_BEFORE, finished, holds_run, lock_run_dir, read_eval
 from hrpo.storage import atomic_file, atomic_write_text
 

@@ -39,20 +39,18 @@ from tqdm.auto import tqdm
 
 from hrpo import build, checkpoint
 from hrpo.advantage import group_advantages
-from hrpo.batch import Rollout, StepBatch, UpdateStats, concat_rollouts
+from hrpo.batch import Rollout, StepBatch, UpdateStats, concat_rollouts, micro_batches, optimizer_batches
 from hrpo.config import HRPOConfig
 from hrpo.distributed import full_optimizer_state, gathered_parameters
 from hrpo.evaluation import evaluate
 from hrpo.loss import LossNormalizer, policy_loss, truncated_rows
-from hrpo.marker import find_markers
-from hrpo.metrics import MetricsLogger, peak_memory_gb
+from hrpo.metrics import MetricsLogger, step_metrics
 from hrpo.reward import (
     DROPPED_COLUMNS,
     RewardFunc,
     TrainingState,
     compute_rewards,
     reward_completions,
-    reward_metrics,
     unpadded_ids,
 )
 from hrpo.rollout import RolloutEngine
@@ -186,16 +184,10 @@ class HRPOTrainer:
         )[0]
 
     def _micro_batches(self, n: int, start: int = 0) -> list[slice]:
-        """Slices of ``per_device_train_batch_size`` rows covering rows ``start .. start + n``."""
-        mb = self.config.per_device_train_batch_size
-        return [slice(s, min(s + mb, start + n)) for s in range(start, start + n, mb)]
+        return micro_batches(start, n, self.config.per_device_train_batch_size)
 
     def _optimizer_batches(self, n: int) -> list[slice]:
-        """This process's rows of each optimiser update of a pass over a rollout batch of ``n``
-        rows: ``k`` consecutive equal parts (``steps_per_generation``; one part by default)."""
-        k = build.optimizer_batches_per_rollout(self.config)
-        size = n // k
-        return [slice(j * size, (j + 1) * size) for j in range(k)]
+        return optimizer_batches(n, build.optimizer_batches_per_rollout(self.config))
 
     def _loss_mask(self, ro: Rollout) -> torch.Tensor:
         """The tokens the loss sees: the completion mask, less truncated completions when
@@ -245,18 +237,6 @@ class HRPOTrainer:
             ]
         )
 
-    def _reward_state(self, step: int) -> TrainingState:
-        """The ``trainer_state`` reward functions see while step ``step`` (0-based) is computed."""
-        acc, n = self.accelerator, len(self.train_dataset)
-        return TrainingState(
-            global_step=step,
-            max_steps=self.max_steps,
-            epoch=step * self.prompts_per_step / n,
-            num_train_epochs=math.ceil(self.max_steps * self.prompts_per_step / n),
-            is_local_process_zero=acc.is_local_main_process,
-            is_world_process_zero=acc.is_main_process,
-        )
-
     def collect(self, step: int) -> StepBatch:
         """Prompts → rollouts → rewards → gathered advantages → reference/old log-probs."""
         cfg, acc = self.config, self.accelerator
@@ -277,7 +257,9 @@ class HRPOTrainer:
             columns,
             self.reward_weights,
             completion_ids=unpadded_ids(ro.completion_ids, ro.completion_mask),
-            trainer_state=self._reward_state(step),
+            trainer_state=TrainingState.at(
+                step, self.max_steps, self.prompts_per_step, len(self.train_dataset), self.accelerator
+            ),
         )
         all_rewards = acc.gather(rewards.to(acc.device))
         all_advantages = group_advantages(all_rewards, cfg.num_generations, cfg.scale_rewards)
@@ -373,72 +355,16 @@ class HRPOTrainer:
 
     def metrics(self, batch: StepBatch, stats: UpdateStats) -> dict[str, float]:
         """The step's logged metrics, averaged over every process's completions or tokens."""
-        cfg, acc, ro = self.config, self.accelerator, batch.rollout
-
-        def total(x: torch.Tensor | float) -> float:
-            return float(acc.gather(torch.as_tensor(x, dtype=torch.float32).reshape(1).to(acc.device)).sum())
-
-        def mean(x: torch.Tensor) -> float:
-            return float(acc.gather(x.float().to(acc.device).reshape(-1)).mean())
-
-        tokens = total(ro.completion_mask.sum())
-        metrics: dict[str, float] = {
-            "loss": total(stats.loss) / max(stats.updates, 1),  # mean over the step's updates
-            **reward_metrics(
-                batch.all_rewards,
-                {name: acc.gather(v.to(acc.device)) for name, v in batch.reward_parts.items()},
-                cfg.num_generations,
-            ),
-        }
-        if self.task is not None:
-            correct = self.task.grade(ro.completion_texts, batch.rows)
-            metrics["accuracy"] = mean(torch.tensor(correct))
-        # From the loss pass, over the tokens the loss sees (all of them unless truncated
-        # completions are masked), averaged over the num_iterations passes.
-        loss_tokens = total(self._loss_mask(ro).sum()) or 1.0
-        metrics["kl"] = total(stats.kl) / cfg.num_iterations / loss_tokens
-        metrics["clip_ratio"] = total(stats.clipped) / (cfg.num_iterations * loss_tokens)
-        # TRL's: ratio below 1 − ε with A < 0, above 1 + ε_high with A > 0, and either (the
-        # region where clipping zeroes the gradient), per token or per sequence (GSPO).
-        clip_count = total(stats.clip_count) or 1.0
-        metrics["clip_ratio/low_mean"] = total(stats.clip_low) / clip_count
-        metrics["clip_ratio/high_mean"] = total(stats.clip_high) / clip_count
-        metrics["clip_ratio/region_mean"] = total(stats.clip_region) / clip_count
-        metrics["completion_length"] = mean(ro.completion_lengths)
-        # The strict reward is 0 with two answer markers; headings are occurrences the rule skipped.
-        rcfg = self.engine.config
-        found = [
-            find_markers(c, rcfg.answer_marker, rcfg.ignore_marker_headings) for c in ro.completion_texts
-        ]
-        metrics["multiple_markers"] = mean(torch.tensor([len(f.answers) > 1 for f in found]))
-        metrics["heading_markers"] = mean(torch.tensor([len(f.headings) > 0 for f in found]))
-        think = ro.thinking_mask.float()
-        n_think = total(think.sum())
-        metrics["thinking_fraction"] = n_think / tokens
-
-        def think_mean(x: torch.Tensor | None, default: float) -> float:
-            """Mean of a per-position statistic over every process's thinking positions."""
-            return default if x is None or not n_think else total((x * think).sum()) / n_think
-
-        # What the hybrid mechanism does (spec §2): a, sqrt(1 − a²), i, and how large the latent
-        # and its contribution to the fed input are relative to the token embedding.
-        metrics["embeds_ratio"] = think_mean(ro.embeds_ratio, 1.0)
-        metrics["hidden_ratio"] = think_mean(ro.hidden_ratio, 0.0)
-        metrics["input_gate"] = think_mean(ro.input_gate, 0.0)
-        metrics["latent_norm_ratio"] = think_mean(ro.latent_norm_ratio, 0.0)
-        metrics["latent_input_ratio"] = think_mean(ro.latent_input_ratio, 0.0)
-        # The policy's entropy at the loss temperature over the loss tokens, from the loss pass
-        # (TRL's "entropy"); the rollout's, at τ over every completion token, for comparison.
-        metrics["entropy"] = total(stats.entropy) / cfg.num_iterations / loss_tokens
-        if ro.entropy is not None:
-            metrics["rollout_entropy"] = total((ro.entropy * ro.completion_mask).sum()) / tokens
-        for group in self.optimizer.param_groups:
-            metrics[f"lr/{group['name']}"] = group["lr"]
-        metrics["grad_norm"] = stats.grad_norm
-        metrics["rollout_tokens_per_s"] = tokens / max(batch.rollout_seconds, 1e-9) / acc.num_processes
-        metrics["step_time"] = time.perf_counter() - batch.started
-        metrics["peak_memory_gb"] = peak_memory_gb()
-        return metrics
+        return step_metrics(
+            batch,
+            stats,
+            config=self.config,
+            accelerator=self.accelerator,
+            task=self.task,
+            rollout_config=self.engine.config,
+            loss_mask=self._loss_mask(batch.rollout),
+            param_groups=self.optimizer.param_groups,
+        )
 
     # -- checkpoints ---------------------------------------------------------------------------
     @property

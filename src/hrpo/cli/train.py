@@ -9,8 +9,8 @@ from pathlib import Path
 
 from hrpo.build import check_data_sources
 from hrpo.checkpoint import TRAINER_STATE, latest_checkpoint
-from hrpo.config import describe_fields, load_config, recipes
 from hrpo.distributed import end_process_group
+from hrpo.recipes import describe_fields, load_config, recipes
 from hrpo.rundir import CHECKPOINTS, hold_run_dir, launched_main_process
 from hrpo.trainer import HRPOTrainer, TrainingInterrupted
 
