@@ -99,7 +99,7 @@ def test_unsupported_engines_are_refused_by_name():
 
     from accelerate import DistributedType
 
-    from hrpo.trainer import _check_engine
+    from hrpo.build import check_engine as _check_engine
 
     with pytest.raises(ValueError, match="DeepSpeed is not supported"):
         _check_engine(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED))
