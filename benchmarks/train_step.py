@@ -77,7 +77,12 @@ def main() -> None:
             sync_every=args.sync_every,
         )
         trainer = HRPOTrainer(
-            cfg, train_dataset=rows, reward_funcs=[length_reward], model=model, tokenizer=tok, progress=False
+            args=cfg,
+            train_dataset=rows,
+            reward_funcs=[length_reward],
+            model=model,
+            processing_class=tok,
+            progress=False,
         )
         steps = []
         for step in range(args.steps):

@@ -48,15 +48,15 @@ def main() -> None:
         scale_rewards=scale,
         save_steps=0,
         seed=3,
-        generation_batch_size=2,
+        rollout_batch_size=2,
         hybrid=hybrid,
     )
     trainer = HRPOTrainer(
-        cfg,
+        args=cfg,
         train_dataset=rows,
         reward_funcs=[length_reward],
         model=tiny_model("qwen2", len(tok)),
-        tokenizer=tok,
+        processing_class=tok,
         progress=False,
     )
     rows_used = [r["row"] for r in trainer.step_rows(0)]

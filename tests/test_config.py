@@ -120,6 +120,7 @@ BAD_VALUES = [
     ("top_p", "0", r"in \(0, 1\]"),
     ("top_p", "1.5", r"in \(0, 1\]"),
     ("top_p", ".nan", r"a finite number in \(0, 1\]"),
+    ("rollout_batch_size", "0", ">= 1 or null"),
     ("generation_batch_size", "0", ">= 1 or null"),
     ("sync_every", "0", ">= 1"),
     ("r_min", "0", r"in \(0, 1\)"),
@@ -238,8 +239,8 @@ def test_range_message_shows_the_value_and_why():
         ["r_min=0.5", "r_max=0.5"],
         ["seed=0"],
         [f"seed={2**63 - 1}"],
-        ["generation_batch_size=null"],
-        ["generation_batch_size=1"],
+        ["rollout_batch_size=null"],
+        ["rollout_batch_size=1"],
         ["steps_per_generation=null"],
         ["gradient_accumulation_steps=3", "steps_per_generation=3"],
         ["gradient_accumulation_steps=3", "steps_per_generation=12"],
@@ -358,5 +359,5 @@ def test_reward_weights_must_match_the_reward_functions_before_any_model_loads(t
         output_dir=str(tmp_path / "run"),
     )
     with pytest.raises(ValueError, match=r"'reward_weights': 2 weights for 1 reward functions \['correct'\]"):
-        HRPOTrainer(cfg, train_dataset=[{"prompt": "1 + 1 ="}], reward_funcs=[correct], progress=False)
+        HRPOTrainer(args=cfg, train_dataset=[{"prompt": "1 + 1 ="}], reward_funcs=[correct], progress=False)
     assert not (tmp_path / "run").exists()

@@ -564,10 +564,10 @@ def test_trainer_logs_multiple_and_heading_markers(tmp_path, make_model):
         seed=0,
     )
     tr = HRPOTrainer(
-        cfg,
+        args=cfg,
         train_dataset=rows,
         model=make_model("qwen2"),
-        tokenizer=TOK,
+        processing_class=TOK,
         task=get_task("arithmetic"),
         progress=False,
     )

@@ -194,11 +194,11 @@ def test_python_api_refuses_too_and_overwrite_replaces_the_whole_run(tmp_path, m
             **kw,
         )
         return HRPOTrainer(
-            cfg,
+            args=cfg,
             train_dataset=rows,
             reward_funcs=[lambda prompts, completions, **k: [float(len(c) % 2) for c in completions]],
             model=make_model("qwen2"),
-            tokenizer=tok,
+            processing_class=tok,
             progress=False,
         )
 
@@ -243,11 +243,11 @@ def test_resuming_from_an_earlier_checkpoint_discards_what_came_after_it(tmp_pat
             save_total_limit=0,
         )
         return HRPOTrainer(
-            cfg,
+            args=cfg,
             train_dataset=rows,
             reward_funcs=[lambda prompts, completions, **k: [float(len(c) % 2) for c in completions]],
             model=make_model("qwen2"),
-            tokenizer=tok,
+            processing_class=tok,
             progress=False,
             **kw,
         )

@@ -41,11 +41,11 @@ def config(tmp_path, **kw):
 
 def trainer(tmp_path, make_model, tok, reward=hash_reward, callbacks=(), **kw):
     return HRPOTrainer(
-        config(tmp_path, **kw),
+        args=config(tmp_path, **kw),
         train_dataset=ROWS,
         reward_funcs=[reward],
         model=make_model("qwen2"),
-        tokenizer=tok,
+        processing_class=tok,
         callbacks=callbacks,
         progress=False,
     )
@@ -252,11 +252,11 @@ def test_a_raising_reward_function_is_reported_with_its_input(tmp_path, make_mod
 
     rows = [{"prompt": [{"role": "user", "content": f"what is {i} + 1"}], "answer": "x"} for i in range(4)]
     tr = HRPOTrainer(
-        config(tmp_path),
+        args=config(tmp_path),
         train_dataset=rows,
         reward_funcs=[picky],
         model=make_model("qwen2"),
-        tokenizer=tok,
+        processing_class=tok,
         progress=False,
     )
     with pytest.raises(RewardFunctionError, match=r"'picky' raised ZeroDivisionError.*what is 2 \+ 1"):
@@ -293,11 +293,11 @@ def test_bfloat16_model_trains_with_a_float32_gate(tmp_path, tok):
 
     model = tiny_model("llama", len(tok)).to(torch.bfloat16)
     tr = HRPOTrainer(
-        config(tmp_path, beta=0.01),
+        args=config(tmp_path, beta=0.01),
         train_dataset=ROWS,
         reward_funcs=[hash_reward],
         model=model,
-        tokenizer=tok,
+        processing_class=tok,
         progress=False,
     )
     assert tr.model.gate.Lambda.dtype == torch.float32
@@ -363,11 +363,11 @@ def _task_fixture(name, tmp_path):
 def test_one_step_on_each_benchmark_task(tmp_path, make_model, tok, name):
     task = _task_fixture(name, tmp_path)
     tr = HRPOTrainer(
-        config(tmp_path, max_prompt_length=4096),
+        args=config(tmp_path, max_prompt_length=4096),
         task=task,
         train_dataset=task.load("train", limit=8),
         model=make_model("qwen2"),
-        tokenizer=tok,
+        processing_class=tok,
         progress=False,
     )
     _, metrics = tr.train_step(0)
@@ -397,10 +397,10 @@ def test_python_api_writes_the_same_run_directory_as_the_cli(tmp_path, make_mode
 
     task = get_task("arithmetic")
     tr = HRPOTrainer(
-        config(tmp_path, max_steps=2, eval_limit=3, eval_batch_size=3),
+        args=config(tmp_path, max_steps=2, eval_limit=3, eval_batch_size=3),
         task=task,
         model=make_model("qwen2"),
-        tokenizer=tok,
+        processing_class=tok,
         progress=False,
     )
     summary = tr.train()

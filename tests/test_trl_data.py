@@ -62,11 +62,11 @@ def test_a_datasets_dataset_with_conversational_prompts_trains_with_trl_rewards(
         return [None if k == "skip" else 1.0 for k in kind]
 
     trainer = HRPOTrainer(
-        small_config(tmp_path, reward_weights=[1.0, 0.5]),
+        args=small_config(tmp_path, reward_weights=[1.0, 0.5]),
         train_dataset=datasets.Dataset.from_list(chat_rows(8)),
         reward_funcs=[content_length, only_scored],
         model=make_model("qwen2"),
-        tokenizer=tok,
+        processing_class=tok,
         progress=False,
         plots=False,
     )

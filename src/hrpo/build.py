@@ -16,6 +16,7 @@ Every setting of the config is translated here, once, and nowhere else in the tr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,10 +24,10 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DistributedType
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, get_scheduler
 
-from hrpo.config import HRPOConfig
+from hrpo.config import ConfigError, HRPOConfig
 from hrpo.gate import HybridGate
 from hrpo.model import HybridModel
 from hrpo.recipes import recipe_path
@@ -191,23 +192,95 @@ def lora_targets(model: torch.nn.Module, wanted: Sequence[str]) -> list[str]:
     return found
 
 
-def build_model(
-    cfg: HRPOConfig, device: torch.device, model: torch.nn.Module | None = None, tokenizer: Any = None
-) -> tuple[HybridModel, Any]:
-    """The policy: ``model`` (a :class:`HybridModel` is used as it is; a plain causal LM is
-    wrapped) or the one ``cfg.model_name_or_path`` names, with LoRA and a fresh gate."""
-    if model is not None and tokenizer is None:
-        raise ValueError("pass the tokenizer with a preloaded model")
+def model_name(model: str | torch.nn.Module | None) -> str | None:
+    """The hub id or path a model argument names (a loaded model's ``_name_or_path``)."""
+    if model is None or isinstance(model, str):
+        return model
     if isinstance(model, HybridModel):
-        return model.to(device), tokenizer
-    if model is None:
+        model = model.language_model
+    if isinstance(model, PeftModel):
+        model = model.get_base_model()
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+
+def trainer_config(
+    model: str | torch.nn.Module | None, args: HRPOConfig | None, peft_config: LoraConfig | None
+) -> HRPOConfig:
+    """The run's config: ``args`` (default, as TRL: ``HRPOConfig(output_dir="<model>-HRPO")``),
+    with ``model_name_or_path`` from a model string, and ``use_lora`` on when the adapters come
+    from ``peft_config`` or a ``PeftModel`` (so the KL reference is the model with adapters off)."""
+    if args is None:
+        name = model_name(model)
+        args = (
+            HRPOConfig() if name is None else HRPOConfig(output_dir=f"{name.rstrip('/').split('/')[-1]}-HRPO")
+        )
+    changes: dict[str, Any] = {}
+    if isinstance(model, str) and model != args.model_name_or_path:
+        changes["model_name_or_path"] = model
+    if (peft_config is not None or isinstance(model, PeftModel)) and not args.use_lora:
+        changes["use_lora"] = True
+    return dataclasses.replace(args, **changes) if changes else args
+
+
+def resolve_generation_batch_size(cfg: HRPOConfig, num_processes: int) -> HRPOConfig:
+    """TRL's ``generation_batch_size`` (completions per generation over all processes) turned
+    into ``steps_per_generation`` micro-batches per process; the config unchanged without it."""
+    if cfg.generation_batch_size is None:
+        return cfg
+    micro = cfg.per_device_train_batch_size * num_processes
+    spg, rest = divmod(cfg.generation_batch_size, micro)
+    if rest or spg % cfg.gradient_accumulation_steps:
+        raise ConfigError(
+            f"config key 'generation_batch_size': {cfg.generation_batch_size} must be a multiple of "
+            f"per_device_train_batch_size × processes × gradient_accumulation_steps = "
+            f"{micro * cfg.gradient_accumulation_steps} (hrpo takes whole optimiser steps from a generation)"
+        )
+    return dataclasses.replace(cfg, generation_batch_size=None, steps_per_generation=spg)
+
+
+def check_callbacks(callbacks: Sequence[Any] | None) -> list[Any]:
+    """The callbacks as a list; each must be a function ``f(trainer, step, metrics)``."""
+    for cb in callbacks or ():
+        if not callable(cb):
+            raise TypeError(
+                f"callbacks: {type(cb).__name__} is not callable; hrpo's callbacks are functions "
+                "f(trainer, step, metrics) (transformers TrainerCallback objects are not supported)"
+            )
+    return list(callbacks or ())
+
+
+def build_model(
+    cfg: HRPOConfig,
+    device: torch.device,
+    model: str | torch.nn.Module | None = None,
+    tokenizer: Any = None,
+    peft_config: LoraConfig | None = None,
+) -> tuple[HybridModel, Any]:
+    """The policy and its tokenizer.
+
+    ``model``: a :class:`HybridModel` (used as it is), a ``PeftModel`` (its adapters are the
+    trained ones), a plain causal LM (LoRA added when ``use_lora``), or a hub id / path (None:
+    ``cfg.model_name_or_path``), loaded. LoRA is ``peft_config`` when given, else the ``lora_*``
+    fields. The tokenizer, when not given, is loaded from the model's name or path.
+    """
+    if model is None or isinstance(model, str):
         from hrpo.loading import load_model  # loading the embedded default imports its converter
 
-        model, tokenizer = load_model(cfg.model_name_or_path, dtype=resolve_dtype(cfg.dtype, device))
+        model, loaded = load_model(model or cfg.model_name_or_path, dtype=resolve_dtype(cfg.dtype, device))
+        tokenizer = loaded if tokenizer is None else tokenizer
+    if tokenizer is None:
+        from hrpo.loading import load_tokenizer
+
+        name = model_name(model)
+        if name is None:
+            raise ValueError("pass processing_class (the tokenizer) with a model that has no name or path")
+        tokenizer = load_tokenizer(name)
+    if isinstance(model, HybridModel):
+        return model.to(device), tokenizer
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model)
-    if cfg.use_lora:
-        lora = LoraConfig(
+    if not isinstance(model, PeftModel) and (cfg.use_lora or peft_config is not None):
+        lora = peft_config or LoraConfig(
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,

@@ -28,12 +28,13 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from hrpo.distributed import load_full_, load_optimizer_state
+from hrpo.distributed import full_optimizer_state, load_full_, load_optimizer_state
 from hrpo.gate import HybridGate
 from hrpo.storage import atomic_directory, atomic_remove
 
 if TYPE_CHECKING:  # model.py imports this module for save_pretrained/from_pretrained
     from hrpo.model import HybridModel
+    from hrpo.trainer import HRPOTrainer
 
 GATE_WEIGHTS = "hrpo_gate.safetensors"
 GATE_CONFIG = "hrpo_gate.json"
@@ -247,3 +248,45 @@ def load_training(path: str | Path, model: HybridModel, optimizer: Any, schedule
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     set_rng_state(torch.load(path / "rng_state.pt", weights_only=False))
     return state
+
+
+def save_trainer_checkpoint(trainer: HRPOTrainer) -> Path:
+    """Write the trainer's ``checkpoints/step-NNNNNN`` atomically (main process) and prune old ones."""
+    acc = trainer.accelerator
+    path = checkpoint_path(trainer.checkpoint_dir, trainer.step)
+    # Full tensors, gathered on every process (FSDP shards), so the files are the same
+    # whatever the number of processes.
+    weights = trainer.model.trainable_state()
+    optimizer_state = full_optimizer_state(trainer.optimizer)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        state = {
+            "step": trainer.step,
+            "max_steps": trainer.max_steps,
+            "prompts_consumed": trainer.step * trainer.prompts_per_step,
+            "num_processes": acc.num_processes,
+            "config": trainer.config.to_dict(),
+        }
+        save_training(
+            path,
+            trainer.model,
+            weights=weights,
+            optimizer_state=optimizer_state,
+            scheduler=trainer.scheduler,
+            trainer_state=state,
+        )
+        prune_checkpoints(trainer.checkpoint_dir, trainer.config.save_total_limit)
+    acc.wait_for_everyone()
+    return path
+
+
+def load_trainer_checkpoint(trainer: HRPOTrainer, path: str | Path) -> None:
+    """Restore the trainer's weights, optimiser, scheduler, random generators and step from ``path``."""
+    state = read_trainer_state(path)
+    if state["num_processes"] != trainer.accelerator.num_processes:
+        raise ValueError(
+            f"{path} was written by {state['num_processes']} processes; resume with the same number "
+            f"(now {trainer.accelerator.num_processes}) so the data order is unchanged"
+        )
+    load_training(path, trainer.model, trainer.optimizer, trainer.scheduler)
+    trainer.step = int(state["step"])

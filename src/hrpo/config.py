@@ -10,6 +10,7 @@ recipe shipped in the package (``hrpo/configs/``, see :mod:`hrpo.recipes`)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 import types
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from hrpo.trl_compat import unsupported_message
 
 # The recipes (training configs and accelerate launcher files), shipped as package data.
 
@@ -139,11 +142,15 @@ class HRPOConfig:
     """True: HRPO (gated latent inputs while thinking). False: plain GRPO, everything else identical."""
     answer_marker: str = "####"
     """The thinking phase ends once this string has appeared in the completion."""
-    generation_batch_size: int | None = None
+    rollout_batch_size: int | None = None
     """Prompts per rollout call (each with its G completions); None: all of a process's prompts of a step.
     Rollouts are seeded per call from (seed, step, global call index), so as long as this is the
     same, the number of processes sharing the work does not change the rollouts (bit for bit
     with the same threads per process; otherwise up to near ties, see the README)."""
+    generation_batch_size: int | None = None
+    """TRL's: completions generated at once over all processes; sets steps_per_generation to this
+    / (per_device_train_batch_size × processes) when the trainer starts (so the two are exclusive).
+    Not the size of a rollout call (rollout_batch_size)."""
     rollout_backend: Literal["eager", "compiled"] = "eager"
     """Rollout decoding: "eager" (op by op) or "compiled" (torch.compile'd decoder step over a
     static KV cache with CUDA graphs on GPUs, and a fused sampling/latent/gate step; the same
@@ -283,13 +290,24 @@ class HRPOConfig:
     logging_steps: int = 1
     """Write metrics (metrics.jsonl and report_to) every this many steps, and at the last step."""
     log_completions_steps: int = 10
-    """Write sample completions to samples.jsonl every this many steps (0: never)."""
+    """Write sample completions to samples.jsonl every this many steps (0: never; see log_completions)."""
+    log_completions: bool = True
+    """Write sample completions to samples.jsonl (every log_completions_steps steps); TRL's name,
+    but on by default since it only writes a local file."""
     report_to: list[str] = field(default_factory=list)
     """Extra metric sinks: "tensorboard", "wandb", "trackio" (metrics.jsonl is always written)."""
+    run_name: str | None = None
+    """Name of the run on the dashboards (wandb, trackio); None: output_dir's last component."""
+    bf16: bool = False
+    """Mixed precision (accelerate's autocast) in bfloat16 for the loss pass; the weights' dtype is dtype's."""
+    fp16: bool = False
+    """Mixed precision in float16 with loss scaling (GPU only); exclusive with bf16."""
 
     def __post_init__(self) -> None:
         if isinstance(self.reward_funcs, str):  # reward_funcs=my_rewards:accuracy on the command line
             self.reward_funcs = [self.reward_funcs]
+        if isinstance(self.report_to, str):  # TRL accepts one sink as a string
+            self.report_to = [self.report_to]
         _check_types(self)
         for name, allowed in FIELD_RANGES.items():
             allowed.check(f"config key {name!r}", getattr(self, name))
@@ -308,8 +326,14 @@ class HRPOConfig:
                 f"config key 'steps_per_generation': must be null or a multiple of "
                 f"gradient_accumulation_steps={accumulation} (got {spg}): hrpo takes whole optimiser "
                 "steps from a rollout batch. To reuse one batch for several updates raise "
-                "num_iterations; to generate in smaller calls set generation_batch_size"
+                "num_iterations; to generate in smaller calls set rollout_batch_size"
             )
+        if spg is not None and self.generation_batch_size is not None:
+            raise ConfigError(
+                "config keys 'steps_per_generation', 'generation_batch_size': set one of them (as in TRL)"
+            )
+        if self.bf16 and self.fp16:
+            raise ConfigError("config keys 'bf16', 'fp16': set at most one of them")
         if self.cache_implementation not in ("dynamic", "static"):
             raise ConfigError(
                 f"config key 'cache_implementation': must be 'dynamic' or 'static' "
@@ -355,6 +379,22 @@ class HRPOConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+_dataclass_init = HRPOConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self: HRPOConfig, *args: Any, **kwargs: Any) -> None:
+    # A TRL field hrpo does not support fails with its reason, not as an unexpected keyword.
+    for key in kwargs:
+        message = unsupported_message(key)
+        if message is not None:
+            raise ConfigError(message)
+    _dataclass_init(self, *args, **kwargs)
+
+
+HRPOConfig.__init__ = _init  # type: ignore[method-assign]
+
+
 _POSITIVE_INT = Range(1)
 _NON_NEGATIVE_INT = Range(0)
 _POSITIVE = Range(0, low_open=True)
@@ -371,6 +411,7 @@ FIELD_RANGES: dict[str, Range] = {
     "temperature": _POSITIVE,
     "top_k": Range(0, special=(None,)),
     "top_p": Range(0, 1, low_open=True),
+    "rollout_batch_size": Range(1, special=(None,)),
     "generation_batch_size": Range(1, special=(None,)),
     "sync_every": _POSITIVE_INT,
     "r_min": Range(0, 1, low_open=True, high_open=True),

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 
+from hrpo.loss import truncated_rows
 from hrpo.marker import find_markers
 from hrpo.reward import reward_metrics
 from hrpo.rundir import METRICS_FILE, SAMPLES_FILE, WANDB_ID_FILE
@@ -138,8 +139,10 @@ class MetricsLogger:
         config: dict | None = None,
         resume_step: int | None = None,
         is_main_process: bool = True,
+        run_name: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.run_name = run_name or self.run_dir.name  # the dashboards' name of the run
         self.backends = parse_report_to(report_to)  # validated on every rank: a typo fails everywhere
         self.resume_step = resume_step
         self.is_main_process = is_main_process
@@ -203,7 +206,7 @@ class MetricsLogger:
                 atomic_write_text(id_file, run_id + "\n")
             self._wandb_run = self._wandb.init(
                 project=os.environ.get("WANDB_PROJECT", "hrpo"),
-                name=self.run_dir.name,
+                name=self.run_name,
                 id=run_id,
                 resume="allow",
                 dir=str(self.run_dir),
@@ -213,7 +216,7 @@ class MetricsLogger:
             self._trackio = modules["trackio"]
             self._trackio.init(
                 project=os.environ.get("TRACKIO_PROJECT", "hrpo"),
-                name=self.run_dir.name,
+                name=self.run_name,
                 config=_jsonable(config),
                 resume="never" if self.resume_step is None else "allow",
             )
@@ -293,6 +296,7 @@ def step_metrics(
     task: Any | None,
     rollout_config: RolloutConfig,
     loss_mask: torch.Tensor,
+    eos_ids: torch.Tensor,
     param_groups: list[dict[str, Any]],
 ) -> dict[str, float]:
     """One training step's metrics, averaged over every process's completions or tokens:
@@ -330,6 +334,14 @@ def step_metrics(
     metrics["clip_ratio/high_mean"] = total(stats.clip_high) / clip_count
     metrics["clip_ratio/region_mean"] = total(stats.clip_region) / clip_count
     metrics["completion_length"] = mean(ro.completion_lengths)
+    # TRL's names: lengths over every process's completions, and the fraction truncated (no EOS).
+    lengths = acc.gather(ro.completion_lengths.float().to(acc.device).reshape(-1))
+    metrics["completions/mean_length"] = float(lengths.mean())
+    metrics["completions/min_length"] = float(lengths.min())
+    metrics["completions/max_length"] = float(lengths.max())
+    metrics["completions/clipped_ratio"] = mean(
+        truncated_rows(ro.completion_ids, ro.completion_mask, eos_ids)
+    )
     # The strict reward is 0 with two answer markers; headings are occurrences the rule skipped.
     rcfg = rollout_config
     found = [find_markers(c, rcfg.answer_marker, rcfg.ignore_marker_headings) for c in ro.completion_texts]

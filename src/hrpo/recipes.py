@@ -19,11 +19,15 @@ from typing import Any
 import yaml
 
 from hrpo.config import FIELD_RANGES, ConfigError, HRPOConfig, _fields
+from hrpo.trl_compat import unsupported_message
 
 RECIPES_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def _unknown(key: str, where: str) -> ConfigError:
+    message = unsupported_message(key)
+    if message is not None:  # a TRL field hrpo refuses, with its reason
+        return ConfigError(f"{message} (in {where})")
     close = difflib.get_close_matches(key, list(_fields()), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"unknown config key {key!r} in {where}{hint}")

@@ -41,7 +41,7 @@ from hrpo import build, checkpoint
 from hrpo.advantage import group_advantages
 from hrpo.batch import Rollout, StepBatch, UpdateStats, concat_rollouts, micro_batches, optimizer_batches
 from hrpo.config import HRPOConfig
-from hrpo.distributed import full_optimizer_state, gathered_parameters
+from hrpo.distributed import gathered_parameters
 from hrpo.evaluation import evaluate
 from hrpo.loss import LossNormalizer, policy_loss, truncated_rows
 from hrpo.metrics import MetricsLogger, step_metrics
@@ -78,38 +78,48 @@ class TrainingInterrupted(Exception):
 
 
 class HRPOTrainer:
-    """Trains a :class:`HybridModel` with HRPO (or GRPO with ``hybrid=False``).
+    """Trains a :class:`HybridModel` with HRPO (or GRPO with ``hybrid=False``); TRL's
+    ``GRPOTrainer`` arguments, in its order.
 
     Args:
-        config: the run's settings.
-        train_dataset / eval_dataset: lists of rows with a ``prompt`` column (text or chat
-            messages) and whatever columns the reward functions read; default: the task's
-            ``train`` and ``test`` splits.
-        reward_funcs: TRL-signature reward functions; default: the task's accuracy reward.
-        model / tokenizer: an already loaded model (a :class:`HybridModel`, or a plain causal LM
-            to wrap); default: loaded from ``config.model_name_or_path``.
+        model: a hub id or local path, a ``PreTrainedModel`` (LoRA added when ``use_lora``), a
+            ``PeftModel`` (its adapters trained as they are) or a :class:`HybridModel`; None:
+            ``args.model_name_or_path``.
+        reward_funcs: one TRL-signature reward function, a list, or import paths
+            (``module:function``); default: ``args.reward_funcs``, else the task's accuracy reward.
+        args: the run's settings; default ``HRPOConfig(output_dir="<model name>-HRPO")``.
+        train_dataset / eval_dataset: lists of dicts or map-style ``datasets.Dataset`` with a
+            ``prompt`` column (text or chat messages) and whatever columns the reward functions
+            read; default: ``args.dataset_name``'s splits, else the task's.
+        processing_class: the tokenizer; default: loaded from the model's name or path.
         callbacks: functions ``f(trainer, step, metrics)`` called after each step.
+        peft_config: a ``peft.LoraConfig`` used instead of the ``lora_*`` fields.
+        task: the task grading the held-out evaluation (default: ``args.task``).
+        progress: show a progress bar.
         plots: write PNG curves into the run directory at the end of :meth:`train`.
     """
 
     def __init__(
         self,
-        config: HRPOConfig,
+        model: str | torch.nn.Module | None = None,
+        reward_funcs: RewardFunc | str | Sequence[RewardFunc | str] | None = None,
+        args: HRPOConfig | None = None,
+        train_dataset: build.Rows | None = None,
+        eval_dataset: build.Rows | None = None,
+        processing_class: Any = None,
+        callbacks: Sequence[Callable[[HRPOTrainer, int, dict[str, float]], None]] | None = None,
+        peft_config: Any = None,
         *,
-        train_dataset: list[dict[str, Any]] | None = None,
-        eval_dataset: list[dict[str, Any]] | None = None,
-        reward_funcs: Sequence[RewardFunc] | None = None,
-        model: torch.nn.Module | None = None,
-        tokenizer=None,
-        task=None,
-        callbacks: Sequence[Callable[[HRPOTrainer, int, dict[str, float]], None]] = (),
+        task: Any = None,
         progress: bool = True,
         plots: bool = True,
     ) -> None:
-        self.config = cfg = config
-        self.accelerator = acc = Accelerator(cpu=not torch.cuda.is_available())
+        cfg = build.trainer_config(model, args, peft_config)
+        mixed = "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else None  # None: accelerate's own setting
+        self.accelerator = acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
+        self.config = cfg = build.resolve_generation_batch_size(cfg, acc.num_processes)
         self.progress = progress and acc.is_main_process
-        self.callbacks = list(callbacks)
+        self.callbacks = build.check_callbacks(callbacks)
         self.plots = plots
         self.output_dir = Path(cfg.output_dir)
         torch.manual_seed(cfg.seed)
@@ -120,7 +130,7 @@ class HRPOTrainer:
         self.task, self.train_dataset, self.eval_dataset = data.task, data.train_dataset, data.eval_dataset
         self.reward_funcs, self.reward_weights = data.reward_funcs, data.reward_weights
 
-        self.model, self.tokenizer = build.build_model(cfg, acc.device, model, tokenizer)
+        self.model, self.tokenizer = build.build_model(cfg, acc.device, model, processing_class, peft_config)
         self.ref_model = build.build_reference(cfg, self.model)
         self.optimizer = build.build_optimizer(cfg, self.model)
         self.prompts_per_process, self.max_steps = build.step_budget(
@@ -153,12 +163,12 @@ class HRPOTrainer:
         return rows
 
     def generate_rollouts(self, step: int, rows: list[dict[str, Any]]) -> Rollout:
-        """This process's rollouts for ``step``, in calls of ``generation_batch_size`` prompts.
+        """This process's rollouts for ``step``, in calls of ``rollout_batch_size`` prompts.
 
         Each call is seeded from (seed, step, global call index): the same prompts get the same
         samples whether one process or several share the step.
         """
-        size = self.config.generation_batch_size or self.prompts_per_process
+        size = self.config.rollout_batch_size or self.prompts_per_process
         calls_per_process = math.ceil(self.prompts_per_process / size)
         first = self.accelerator.process_index * calls_per_process
         parts = []
@@ -363,6 +373,7 @@ class HRPOTrainer:
             task=self.task,
             rollout_config=self.engine.config,
             loss_mask=self._loss_mask(batch.rollout),
+            eos_ids=self.engine.eos_ids,
             param_groups=self.optimizer.param_groups,
         )
 
@@ -373,43 +384,11 @@ class HRPOTrainer:
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-NNNNNN`` atomically (main process) and prune old ones."""
-        acc = self.accelerator
-        path = checkpoint.checkpoint_path(self.checkpoint_dir, self.step)
-        # Full tensors, gathered on every process (FSDP shards), so the files are the same
-        # whatever the number of processes.
-        weights = self.model.trainable_state()
-        optimizer_state = full_optimizer_state(self.optimizer)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            state = {
-                "step": self.step,
-                "max_steps": self.max_steps,
-                "prompts_consumed": self.step * self.prompts_per_step,
-                "num_processes": acc.num_processes,
-                "config": self.config.to_dict(),
-            }
-            checkpoint.save_training(
-                path,
-                self.model,
-                weights=weights,
-                optimizer_state=optimizer_state,
-                scheduler=self.scheduler,
-                trainer_state=state,
-            )
-            checkpoint.prune_checkpoints(self.checkpoint_dir, self.config.save_total_limit)
-        acc.wait_for_everyone()
-        return path
+        return checkpoint.save_trainer_checkpoint(self)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights, optimiser, scheduler, random generators and step from ``path``."""
-        state = checkpoint.read_trainer_state(path)
-        if state["num_processes"] != self.accelerator.num_processes:
-            raise ValueError(
-                f"{path} was written by {state['num_processes']} processes; resume with the same number "
-                f"(now {self.accelerator.num_processes}) so the data order is unchanged"
-            )
-        checkpoint.load_training(path, self.model, self.optimizer, self.scheduler)
-        self.step = int(state["step"])
+        checkpoint.load_trainer_checkpoint(self, path)
 
     # -- the run -------------------------------------------------------------------------------
     def evaluate(self, desc: str = "eval") -> dict[str, Any] | None:
@@ -502,6 +481,7 @@ class HRPOTrainer:
             self.output_dir,
             report_to=[r for r in cfg.report_to if r != "none"],
             config=cfg.to_dict(),
+            run_name=cfg.run_name,
             resume_step=self.step if resume_from_checkpoint else None,
             is_main_process=acc.is_main_process,
         )
@@ -513,7 +493,8 @@ class HRPOTrainer:
                 self.step += 1
                 if self.step % cfg.logging_steps == 0 or self.step == self.max_steps:
                     logger.log(self.step, metrics)
-                if cfg.log_completions_steps and self.step % cfg.log_completions_steps == 0:
+                every = cfg.log_completions_steps if cfg.log_completions else 0
+                if every and self.step % every == 0:
                     logger.log_samples(self.step, batch.samples(cfg.num_generations))
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward']:.3f}", hidden=f"{metrics['hidden_ratio']:.3f}")

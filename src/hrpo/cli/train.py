@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         if args.resume is True and latest_checkpoint(out / CHECKPOINTS) is None:
             print(f"hrpo train: no checkpoint in {out / CHECKPOINTS}; starting from step 0", flush=True)
     start = time.perf_counter()
-    trainer = HRPOTrainer(cfg, plots=not args.no_plots)
+    trainer = HRPOTrainer(args=cfg, plots=not args.no_plots)
     try:
         summary = trainer.train(resume_from_checkpoint=args.resume)
     except TrainingInterrupted as stop:
