@@ -16,7 +16,7 @@ import os
 import resource
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -32,7 +32,7 @@ from hrpo.storage import atomic_write_text, read_jsonl
 if TYPE_CHECKING:  # types only: the trainer imports this module
     from accelerate import Accelerator
 
-    from hrpo.batch import StepBatch, UpdateStats
+    from hrpo.batch import Rollout, StepBatch, UpdateStats
     from hrpo.config import HRPOConfig
     from hrpo.rollout import RolloutConfig
 
@@ -347,21 +347,7 @@ def step_metrics(
     found = [find_markers(c, rcfg.answer_marker, rcfg.ignore_marker_headings) for c in ro.completion_texts]
     metrics["multiple_markers"] = mean(torch.tensor([len(f.answers) > 1 for f in found]))
     metrics["heading_markers"] = mean(torch.tensor([len(f.headings) > 0 for f in found]))
-    think = ro.thinking_mask.float()
-    n_think = total(think.sum())
-    metrics["thinking_fraction"] = n_think / tokens
-
-    def think_mean(x: torch.Tensor | None, default: float) -> float:
-        """Mean of a per-position statistic over every process's thinking positions."""
-        return default if x is None or not n_think else total((x * think).sum()) / n_think
-
-    # What the hybrid mechanism does (spec §2): a, sqrt(1 − a²), i, and how large the latent
-    # and its contribution to the fed input are relative to the token embedding.
-    metrics["embeds_ratio"] = think_mean(ro.embeds_ratio, 1.0)
-    metrics["hidden_ratio"] = think_mean(ro.hidden_ratio, 0.0)
-    metrics["input_gate"] = think_mean(ro.input_gate, 0.0)
-    metrics["latent_norm_ratio"] = think_mean(ro.latent_norm_ratio, 0.0)
-    metrics["latent_input_ratio"] = think_mean(ro.latent_input_ratio, 0.0)
+    metrics.update(mechanism_metrics(ro, total, tokens))
     # The policy's entropy at the loss temperature over the loss tokens, from the loss pass
     # (TRL's "entropy"); the rollout's, at τ over every completion token, for comparison.
     metrics["entropy"] = total(stats.entropy) / cfg.num_iterations / loss_tokens
@@ -374,3 +360,23 @@ def step_metrics(
     metrics["step_time"] = time.perf_counter() - batch.started
     metrics["peak_memory_gb"] = peak_memory_gb()
     return metrics
+
+
+def mechanism_metrics(ro: Rollout, total: Callable[[Any], float], tokens: float) -> dict[str, float]:
+    """What the hybrid mechanism did (spec §2) over every process's thinking positions: their
+    share of the tokens, a, sqrt(1 − a²), i, and how large the latent and its contribution to the
+    fed input are relative to the token embedding. ``total`` sums a value over processes."""
+    think = ro.thinking_mask.float()
+    n_think = total(think.sum())
+
+    def think_mean(x: torch.Tensor | None, default: float) -> float:
+        return default if x is None or not n_think else total((x * think).sum()) / n_think
+
+    return {
+        "thinking_fraction": n_think / tokens,
+        "embeds_ratio": think_mean(ro.embeds_ratio, 1.0),
+        "hidden_ratio": think_mean(ro.hidden_ratio, 0.0),
+        "input_gate": think_mean(ro.input_gate, 0.0),
+        "latent_norm_ratio": think_mean(ro.latent_norm_ratio, 0.0),
+        "latent_input_ratio": think_mean(ro.latent_input_ratio, 0.0),
+    }
