@@ -154,6 +154,7 @@ BAD_VALUES = [
     ("adam_beta1", "1", r"in \[0, 1\)"),
     ("adam_beta1", "-0.1", r"in \[0, 1\)"),
     ("adam_beta2", "1.0", r"in \[0, 1\)"),
+    ("adam_epsilon", "0", "> 0"),
     ("warmup_ratio", "1.5", r"in \[0, 1\]"),
     ("warmup_ratio", "-0.1", r"in \[0, 1\]"),
     ("max_grad_norm", "0", "> 0"),

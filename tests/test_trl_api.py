@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from hrpo import HRPOConfig, HRPOTrainer
@@ -88,6 +90,11 @@ def test_trl_quickstart_shape_trains_by_changing_the_import(tmp_path, tiny_dir):
         "clip_ratio/low_mean",
         "clip_ratio/high_mean",
         "clip_ratio/region_mean",
+        "clip_ratio/low_min",
+        "clip_ratio/high_max",
+        "completions/mean_terminated_length",
+        "completions/min_terminated_length",
+        "completions/max_terminated_length",
         "entropy",
         "kl",
         "grad_norm",
@@ -111,23 +118,60 @@ def test_positional_arguments_follow_trl_and_args_default_to_model_name_hrpo(tin
     assert trainer.config.model_name_or_path == str(tiny_dir)
 
 
-@pytest.mark.parametrize("key", ["use_vllm", "vllm_mode", "use_liger_loss", "ds3_gather_for_generation"])
+@pytest.mark.parametrize("key", ["use_vllm", "vllm_mode", "use_liger_loss", "use_liger_kernel", "deepspeed"])
 def test_unsupported_trl_fields_are_errors_naming_the_field(key):
-    with pytest.raises(ConfigError, match=rf"TRL's config key '{key}' is not supported by hrpo: .*"):
+    with pytest.raises(ConfigError, match=rf"TRL's config key '{key}' = True is not supported by hrpo: .*"):
         HRPOConfig(**{key: True})
-    with pytest.raises(ConfigError, match=rf"'{key}' is not supported.*\(in the command line\)"):
+    with pytest.raises(ConfigError, match=rf"'{key}' = True is not supported.*\(in the command line\)"):
         load_config(None, [f"{key}=true"])
 
 
 def test_every_unsupported_trl_field_is_refused_in_yaml_with_its_reason(tmp_path):
     for key, why in UNSUPPORTED.items():
         path = tmp_path / "c.yaml"
-        path.write_text(f"{key}: 1\n")
+        path.write_text(f"{key}: 7\n")  # no refused field accepts 7
         with pytest.raises(ConfigError) as info:
             load_config(path)
-        assert f"'{key}'" in str(info.value) and why in str(info.value)
+        assert f"'{key}' = 7" in str(info.value) and why in str(info.value)
         with pytest.raises(ConfigError, match=key):
-            HRPOConfig(**{key: 1})
+            HRPOConfig(**{key: 7})
+
+
+TRL_DEFAULTS_HRPO_FOLLOWS = {
+    "use_vllm": False,
+    "shuffle_dataset": True,
+    "delta": None,
+    "top_entropy_quantile": 1.0,
+    "remove_unused_columns": False,
+    "use_liger_kernel": False,
+    "repetition_penalty": 1,
+    "use_peft": True,
+    "vllm_importance_sampling_correction": False,
+    "eval_strategy": "no",
+}
+
+
+def test_a_refused_trl_field_set_to_what_hrpo_does_anyway_is_accepted_and_dropped(tmp_path):
+    cfg = HRPOConfig(**TRL_DEFAULTS_HRPO_FOLLOWS, seed=3)
+    assert cfg.seed == 3 and "use_vllm" not in cfg.to_dict()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**TRL_DEFAULTS_HRPO_FOLLOWS, "seed": 3}))
+    assert load_config(path).seed == 3
+    assert load_config(None, ["use_vllm=false", "shuffle_dataset=true"]).seed == HRPOConfig().seed
+    # The other value asks for something hrpo does not do: refused, value and file named.
+    for key, value in (("shuffle_dataset", False), ("use_peft", False), ("repetition_penalty", 1.1)):
+        path.write_text(yaml.safe_dump({key: value}))
+        with pytest.raises(ConfigError, match=rf"'{key}' = {value!r} is not supported.*\(in {path}\)"):
+            load_config(path)
+    with pytest.raises(ConfigError, match="'use_vllm' = True"):
+        load_config(None, ["use_vllm=true"])
+
+
+def test_trl_boolean_scale_rewards_and_adam_epsilon():
+    assert HRPOConfig(scale_rewards=True).scale_rewards == "group"
+    assert HRPOConfig(scale_rewards=False).scale_rewards == "none"
+    with pytest.raises(ConfigError, match="adam_epsilon"):
+        HRPOConfig(adam_epsilon=0.0)
 
 
 def test_trl_fields_with_trl_meaning():
@@ -185,3 +229,19 @@ def test_callbacks_must_be_functions(tmp_path, make_model, tok):
             processing_class=tok,
             callbacks=[TrainerCallbackLike()],
         )
+
+
+def test_disable_dropout_zeroes_every_dropout_and_adam_epsilon_reaches_adamw(tmp_path, make_model, tok):
+    rows = [{"prompt": f"{i} + 1 ="} for i in range(4)]
+
+    def dropouts(trainer) -> list[float]:
+        return [m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)]
+
+    kept = HRPOTrainer(
+        make_model("qwen2"), length, small_args(tmp_path, lora_dropout=0.1), rows, processing_class=tok
+    )
+    assert dropouts(kept) and set(dropouts(kept)) == {0.1}  # the adapters' dropout
+    args = small_args(tmp_path, lora_dropout=0.1, disable_dropout=True, adam_epsilon=1e-6)
+    off = HRPOTrainer(make_model("qwen2"), length, args, rows, processing_class=tok)
+    assert dropouts(off) and set(dropouts(off)) == {0.0}
+    assert {g["eps"] for g in off.optimizer.param_groups} == {1e-6}

@@ -276,6 +276,8 @@ def build_model(
             raise ValueError("pass processing_class (the tokenizer) with a model that has no name or path")
         tokenizer = load_tokenizer(name)
     if isinstance(model, HybridModel):
+        if cfg.disable_dropout:
+            _disable_dropout(model)
         return model.to(device), tokenizer
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model)
@@ -288,6 +290,8 @@ def build_model(
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
+    if cfg.disable_dropout:
+        _disable_dropout(model)
     gate = HybridGate(
         model.get_input_embeddings().weight.shape[1],
         r_min=cfg.r_min,
@@ -299,6 +303,12 @@ def build_model(
     hybrid = HybridModel(model, gate).to(device)
     hybrid.train()
     return hybrid, tokenizer
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def _enable_checkpointing(model: PreTrainedModel) -> None:
@@ -341,7 +351,10 @@ def parameter_groups(cfg: HRPOConfig, model: HybridModel) -> list[dict[str, Any]
 def build_optimizer(cfg: HRPOConfig, model: HybridModel) -> torch.optim.Optimizer:
     """AdamW over :func:`parameter_groups`."""
     return torch.optim.AdamW(
-        parameter_groups(cfg, model), betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+        parameter_groups(cfg, model),
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_epsilon,
+        weight_decay=cfg.weight_decay,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from hrpo.trl_compat import unsupported_message
+from hrpo.trl_compat import UNSUPPORTED, unsupported_message
 
 # The recipes (training configs and accelerate launcher files), shipped as package data.
 
@@ -201,10 +201,12 @@ class HRPOConfig:
     counts (nor in kl, entropy and clip_ratio*), but, as in TRL, they still count as sequences
     for "grpo" and "dr_grpo" (a masked completion adds 0 to the mean over sequences)."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
-    """Advantage scaling: (R − mean_group) / (std + 1e-4) with the group's std, the batch's, or none."""
+    """Advantage scaling: (R − mean_group) / (std + 1e-4) with the group's std, the batch's, or none
+    (centred only). TRL's older booleans are accepted: true is "group", false "none"."""
     epsilon: float = 0.2
     """Lower (and default upper) clip range of the ratio exp(ℓ − ℓ_old): the ratio is clipped to
-    [1 − epsilon, 1 + epsilon_high]; active when num_iterations > 1."""
+    [1 − epsilon, 1 + epsilon_high]; active when a rollout batch is used for more than one update
+    (num_iterations > 1, or steps_per_generation above gradient_accumulation_steps)."""
     epsilon_high: float | None = None
     """Upper clip range (DAPO's clip-higher); None: same as epsilon."""
     num_iterations: int = 1
@@ -239,6 +241,10 @@ class HRPOConfig:
     """LoRA scale numerator: the adapters' update is scaled by lora_alpha / lora_r."""
     lora_dropout: float = 0.0
     """Dropout on the adapters' input."""
+    disable_dropout: bool = False
+    """Set every dropout probability of the model (its own and the adapters') to 0, as TRL's field
+    does. The models hrpo's recipes train have none; a model that has dropout trains with it
+    otherwise (rollouts always decode without it)."""
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -254,6 +260,8 @@ class HRPOConfig:
     """AdamW β₁ (decay of the gradient average)."""
     adam_beta2: float = 0.99
     """AdamW β₂ (decay of the squared-gradient average)."""
+    adam_epsilon: float = 1e-8
+    """AdamW ε (added to the denominator)."""
     warmup_ratio: float = 0.1
     """Fraction of the optimiser updates (max_steps × num_iterations × steps_per_generation /
     gradient_accumulation_steps) with a linear warm-up."""
@@ -266,7 +274,9 @@ class HRPOConfig:
     gradient_accumulation_steps: int = 4
     """Micro-batches per optimiser step. Completions per step = this × per_device_train_batch_size × processes."""
     max_steps: int = -1
-    """Optimiser steps; -1: num_train_epochs over the task's training split."""
+    """Training steps, each one rollout batch (num_iterations × steps_per_generation /
+    gradient_accumulation_steps optimiser updates, 1 by default; TRL counts the updates);
+    -1: num_train_epochs over the task's training split."""
     num_train_epochs: float = 1.0
     """Passes (fractions allowed) over the training split when max_steps is -1; at least one step."""
     gradient_checkpointing: bool = False
@@ -306,6 +316,8 @@ class HRPOConfig:
     def __post_init__(self) -> None:
         if isinstance(self.reward_funcs, str):  # reward_funcs=my_rewards:accuracy on the command line
             self.reward_funcs = [self.reward_funcs]
+        if isinstance(self.scale_rewards, bool):  # TRL's older booleans
+            self.scale_rewards = "group" if self.scale_rewards else "none"
         if isinstance(self.report_to, str):  # TRL accepts one sink as a string
             self.report_to = [self.report_to]
         _check_types(self)
@@ -384,11 +396,13 @@ _dataclass_init = HRPOConfig.__init__
 
 @functools.wraps(_dataclass_init)
 def _init(self: HRPOConfig, *args: Any, **kwargs: Any) -> None:
-    # A TRL field hrpo does not support fails with its reason, not as an unexpected keyword.
-    for key in kwargs:
-        message = unsupported_message(key)
+    # A TRL field hrpo does not support fails with its reason, not as an unexpected keyword;
+    # set to what hrpo does anyway (use_vllm=False), it is dropped.
+    for key in [k for k in kwargs if k in UNSUPPORTED and k not in _fields()]:
+        message = unsupported_message(key, kwargs[key])
         if message is not None:
             raise ConfigError(message)
+        del kwargs[key]
     _dataclass_init(self, *args, **kwargs)
 
 
@@ -432,6 +446,7 @@ FIELD_RANGES: dict[str, Range] = {
     "weight_decay": _NON_NEGATIVE,
     "adam_beta1": _BETA,
     "adam_beta2": _BETA,
+    "adam_epsilon": _POSITIVE,
     "warmup_ratio": _UNIT,
     "max_grad_norm": Range(0, low_open=True, why="0 would zero every gradient"),
     "per_device_train_batch_size": _POSITIVE_INT,

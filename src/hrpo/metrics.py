@@ -333,15 +333,25 @@ def step_metrics(
     metrics["clip_ratio/low_mean"] = total(stats.clip_low) / clip_count
     metrics["clip_ratio/high_mean"] = total(stats.clip_high) / clip_count
     metrics["clip_ratio/region_mean"] = total(stats.clip_region) / clip_count
+    # TRL's extremes over processes of each process's own share (one process: the mean).
+    local_count = max(float(stats.clip_count), 1.0)
+    metrics["clip_ratio/low_min"] = float(acc.gather(_scalar(stats.clip_low / local_count, acc)).min())
+    metrics["clip_ratio/high_max"] = float(acc.gather(_scalar(stats.clip_high / local_count, acc)).max())
     metrics["completion_length"] = mean(ro.completion_lengths)
     # TRL's names: lengths over every process's completions, and the fraction truncated (no EOS).
     lengths = acc.gather(ro.completion_lengths.float().to(acc.device).reshape(-1))
     metrics["completions/mean_length"] = float(lengths.mean())
     metrics["completions/min_length"] = float(lengths.min())
     metrics["completions/max_length"] = float(lengths.max())
-    metrics["completions/clipped_ratio"] = mean(
-        truncated_rows(ro.completion_ids, ro.completion_mask, eos_ids)
+    truncated = acc.gather(
+        truncated_rows(ro.completion_ids, ro.completion_mask, eos_ids).float().to(acc.device)
     )
+    metrics["completions/clipped_ratio"] = float(truncated.mean())
+    # TRL's lengths of the completions that ended (an EOS before the limit); 0 when none did.
+    ended = lengths[~truncated.bool().reshape(-1)]
+    metrics["completions/mean_terminated_length"] = float(ended.mean()) if len(ended) else 0.0
+    metrics["completions/min_terminated_length"] = float(ended.min()) if len(ended) else 0.0
+    metrics["completions/max_terminated_length"] = float(ended.max()) if len(ended) else 0.0
     # The strict reward is 0 with two answer markers; headings are occurrences the rule skipped.
     rcfg = rollout_config
     found = [find_markers(c, rcfg.answer_marker, rcfg.ignore_marker_headings) for c in ro.completion_texts]
@@ -360,6 +370,10 @@ def step_metrics(
     metrics["step_time"] = time.perf_counter() - batch.started
     metrics["peak_memory_gb"] = peak_memory_gb()
     return metrics
+
+
+def _scalar(x: torch.Tensor | float, acc: Any) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float32).reshape(1).to(acc.device)
 
 
 def mechanism_metrics(ro: Rollout, total: Callable[[Any], float], tokens: float) -> dict[str, float]:

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from hrpo.config import FIELD_RANGES, ConfigError, HRPOConfig, _fields
-from hrpo.trl_compat import unsupported_message
+from hrpo.trl_compat import UNSUPPORTED, unsupported_message
 
 RECIPES_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -41,13 +41,24 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key = key.strip().lstrip("-").replace("-", "_")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        if key not in _fields():
+        if key not in _fields() and key not in UNSUPPORTED:
             raise _unknown(key, "the command line")
         try:
             out[key] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
-    return out
+    return _drop_trl_fields(out, "the command line")
+
+
+def _drop_trl_fields(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` without the refused TRL fields set to what hrpo does anyway (``use_vllm: false``);
+    a :class:`ConfigError` naming ``where`` for any other refused TRL field."""
+    for key in [k for k in values if k in UNSUPPORTED and k not in _fields()]:
+        message = unsupported_message(key, values[key])
+        if message is not None:
+            raise ConfigError(f"{message} (in {where})")
+        del values[key]
+    return values
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
@@ -111,9 +122,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = config_path(path)
         loaded = read_yaml_mapping(path)
         for key in loaded:
-            if key not in _fields():
+            if key not in _fields() and key not in UNSUPPORTED:
                 raise _unknown(key, str(path))
-        values.update(loaded)
+        values.update(_drop_trl_fields(loaded, str(path)))
     values.update(parse_overrides(overrides or []))
     return HRPOConfig(**values)
 

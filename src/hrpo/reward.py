@@ -262,13 +262,14 @@ def reward_metrics(
     all_rewards: torch.Tensor, all_parts: dict[str, torch.Tensor], num_generations: int
 ) -> dict[str, float]:
     """TRL's reward metrics over every process's completions: ``reward`` (mean total),
-    ``reward_std`` (within-group std, averaged over groups), ``frac_reward_zero_std`` (share of
-    groups whose rewards all tie, which give no learning signal) and, per function,
-    ``rewards/<name>/mean`` and ``/std`` over the completions it scored (not None)."""
+    ``reward_std`` (std of the total over all of them, as TRL ≥ 0.27), ``frac_reward_zero_std``
+    (share of groups whose rewards all tie, which give no learning signal, whatever
+    ``scale_rewards``) and, per function, ``rewards/<name>/mean`` and ``/std`` over the
+    completions it scored (not None)."""
     group_std = all_rewards.view(-1, num_generations).std(dim=1)
     metrics = {
         "reward": float(all_rewards.mean()),
-        "reward_std": float(group_std.mean()),
+        "reward_std": float(nanstd(all_rewards.float().cpu())),
         "frac_reward_zero_std": float(torch.isclose(group_std, torch.zeros_like(group_std)).float().mean()),
     }
     for name, values in all_parts.items():
