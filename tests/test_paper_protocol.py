@@ -1,7 +1,19 @@
 """The authors' grading protocol (``paper``, spec §7): each rule as a table, and where it differs from ours."""
 
+import json
+
 import pytest
 
+from hrpo.tasks import (
+    ARCChallengeTask,
+    ArithmeticTask,
+    GSM8KTask,
+    MathTask,
+    MMLUStemTask,
+    QATask,
+    Task,
+    get_task,
+)
 from hrpo.tasks.paper import (
     PAPER_MATCHERS,
     paper_choice_letter,
@@ -295,3 +307,130 @@ def test_megabyte_inputs_just_return(text):
             assert paper_grade(kind, completion, "5") in (0.0, 1.0)
             assert paper_grade(kind, completion, text[:1000], strict_format=True) in (0.0, 1.0)
     assert isinstance(paper_math_normalize(text), str)
+
+
+# --- the protocol on the real tasks, through Task.grade ------------------------------------------
+
+OPTIONS = ["a force", "a mass", "a speed", "a charge"]
+TASKS = {
+    "gsm8k": GSM8KTask,
+    "arithmetic": ArithmeticTask,
+    "math": MathTask,
+    "mmlu_stem": MMLUStemTask,
+    "arc_challenge": ARCChallengeTask,
+    "qa": QATask,
+}
+
+# (task, completion, reference, hrpo (eval, reward), paper (eval, reward)).
+PROTOCOLS_TABLE = [
+    # The last number counts under paper; ours wants one value.
+    ("gsm8k", "#### 2 + 3 = 5", "5", (0, 0), (1, 1)),
+    ("gsm8k", "#### 3 or 4", "4", (0, 0), (1, 1)),
+    ("arithmetic", "#### 5 (since 2+3=5)", "5", (0, 0), (1, 1)),
+    # No marker: paper reads the whole completion (evaluation only); ours gives 0.
+    ("gsm8k", "The answer is 72.", "72", (0, 0), (1, 0)),
+    ("math", "so the answer is $\\frac{1}{2}$", "\\frac{1}{2}", (0, 0), (1, 0)),
+    # Several markers: no reward under both; evaluation reads the last piece.
+    ("gsm8k", "#### 4 #### 5", "5", (1, 0), (1, 0)),
+    # A '#### Step' heading: not a marker for our number tasks, a second marker for the authors.
+    ("gsm8k", "#### Step 1\nadd them\n#### 5", "5", (1, 1), (1, 0)),
+    # Agreements.
+    ("gsm8k", "#### 1,000", "1000", (1, 1), (1, 1)),
+    ("gsm8k", "#### 72.", "72", (1, 1), (1, 1)),
+    ("gsm8k", "#### 3/4", "0.75", (1, 1), (1, 1)),
+    ("gsm8k", "#### \\frac{1}{2}", "0.5", (0, 0), (0, 0)),
+    ("gsm8k", "#### .5", "0.5", (1, 1), (0, 0)),  # paper reads 5
+    ("arithmetic", "#### $1,250.50", "1250.5", (1, 1), (1, 1)),
+    # MATH: bare LaTeX collapses to its last number under paper; ours compares values.
+    ("math", "#### \\frac{1}{2}", "\\frac{1}{2}", (1, 1), (0, 0)),
+    ("math", "#### \\frac{1}{2}", "0.5", (1, 1), (0, 0)),
+    ("math", "#### 0.5", "\\frac{1}{2}", (1, 1), (0, 0)),
+    ("math", "#### 1,000", "1000", (1, 1), (0, 0)),
+    ("math", "#### \\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}", (1, 1), (1, 1)),
+    ("math", "#### x = 5", "5", (1, 1), (1, 1)),
+    ("math", "#### $5 \\text{ cm}$", "5", (1, 1), (1, 1)),
+    # Choice: upper-casing turns "a"/"I" into letters, and the last one counts.
+    ("mmlu_stem", "#### B. a force", "B", (1, 1), (0, 0)),
+    ("mmlu_stem", "#### I think it is a", "A", (0, 0), (1, 1)),
+    ("arc_challenge", "#### (b)", "B", (0, 0), (1, 1)),
+    ("arc_challenge", "#### The answer is B.", "B", (1, 1), (1, 1)),
+    # QA: ours grades the first line after the marker, paper the whole extracted text.
+    ("qa", "#### The Beatles!", '["Beatles"]', (1, 1), (1, 1)),
+    ("qa", "#### Beatles\nbecause they recorded it", '["Beatles"]', (1, 1), (0, 0)),
+    ("qa", "Beatles", '["The Beatles"]', (0, 0), (1, 0)),
+]
+
+
+@pytest.mark.parametrize(
+    ("task", "completion", "reference", "hrpo", "paper"), PROTOCOLS_TABLE, ids=lambda x: str(x)[:30]
+)
+def test_protocols_through_task_grade(task, completion, reference, hrpo, paper):
+    row = {"answer": reference, "options": OPTIONS} if task in ("mmlu_stem", "arc_challenge") else {}
+    row.setdefault("answer", reference)
+    for protocol, expected in (("hrpo", hrpo), ("paper", paper)):
+        t = get_task(task, protocol=protocol)
+        got = tuple(t.grade([completion], [row], strict_format=strict)[0] for strict in (False, True))
+        assert got == expected, protocol
+        # TRL's reward function and the conversational form take the same path.
+        messages = [{"role": "assistant", "content": completion}]
+        assert t.reward_function()(None, [messages], **{k: [v] for k, v in row.items()}) == [expected[1]]
+
+
+def test_protocol_is_a_setting_of_every_task(tmp_path):
+    for name, cls in TASKS.items():
+        assert get_task(name).protocol == "hrpo"
+        task = get_task(name, protocol="paper")
+        assert isinstance(task, cls) and task.protocol == "paper"
+        assert "protocol='paper'" in repr(task)
+        assert task.answer_kind in PAPER_MATCHERS
+    assert [TASKS[n].answer_kind for n in TASKS] == ["number", "number", "math", "choice", "choice", "qa"]
+    assert Task.answer_kind == "text"
+    for bad in ("Paper", "", None, "authors"):
+        with pytest.raises(ValueError, match="protocol must be one of 'hrpo', 'paper'"):
+            get_task("gsm8k", protocol=bad)
+
+
+def test_a_kind_without_a_paper_rule_is_refused():
+    class Poem(Task):
+        answer_kind = "poem"
+
+    assert Poem().protocol == "hrpo"
+    with pytest.raises(ValueError, match="answer_kind = 'poem' has no paper rule"):
+        Poem(protocol="paper")
+
+
+def test_a_generic_task_grades_by_equality_under_paper():
+    class Colour(Task):
+        pass
+
+    task = Colour(protocol="paper")
+    rows = [{"answer": "blue."}] * 3
+    assert task.grade(["#### blue", "blue", "#### Blue"], rows) == [1.0, 1.0, 0.0]
+    assert task.grade(["#### blue", "blue"], rows[:2], strict_format=True) == [1.0, 0.0]
+
+
+def test_loaded_rows_grade_under_paper(tmp_path):
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text(json.dumps({"question": "2 + 3?", "answer": "2 + 3 = 5 #### 5"}) + "\n")
+    task = get_task("gsm8k", data_files=str(gsm), protocol="paper")
+    rows = task.load("train")
+    assert task.grade(["2 + 3 = 5 #### 2 + 3 = 5"], rows, strict_format=True) == [1.0]
+    mmlu = tmp_path / "mmlu.jsonl"
+    record = {"question": "F = m a: F is", "choices": OPTIONS, "answer": 0, "subject": "college_physics"}
+    mmlu.write_text(json.dumps(record) + "\n")
+    task = get_task("mmlu_stem", data_files=str(mmlu), protocol="paper", stem_only=False)
+    assert task.grade(["#### B. a force", "#### I pick A"], task.load("train") * 2) == [1.0, 1.0]
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(
+        json.dumps({"question": "Abbey Road?", "golden_answers": ["The Beatles", "Beatles"]}) + "\n"
+    )
+    task = QATask(str(qa), protocol="paper", num_passages=0)
+    assert task.grade(["#### the beatles.", "#### Beatles, a band"], task.load("train") * 2) == [1.0, 0.0]
+    assert ArithmeticTask(difficulty=0, num_train=1, num_test=1, protocol="paper").load("test")[0]["answer"]
+
+
+def test_other_graders_keep_our_rules_under_paper():
+    # Only Task.grade switches; the per-row hrpo grader stays reachable as it was.
+    task = GSM8KTask(protocol="paper")
+    assert task.grade_row("#### 2 + 3 = 5", {"answer": "5"}) == 0.0
+    assert task.paper_grade_row("#### 2 + 3 = 5", {"answer": "5"}) == 1.0
