@@ -393,6 +393,7 @@ class ArithmeticTask(Task):
     name = "arithmetic"
     answer_format = "The final answer is a whole number: write only the number, without units."
     ignore_marker_headings = True  # answers are numbers: a '#### Step' heading is no marker
+    answer_kind = "number"
 
     def __init__(
         self,
@@ -403,8 +404,9 @@ class ArithmeticTask(Task):
         marker: str = DEFAULT_MARKER,
         *,
         system_prompt: str | None = None,
+        protocol: str = "hrpo",
     ) -> None:
-        super().__init__(marker=marker, system_prompt=system_prompt)
+        super().__init__(marker=marker, system_prompt=system_prompt, protocol=protocol)
         if isinstance(difficulty, bool) or difficulty not in _LEVELS:
             raise ValueError(f"difficulty must be one of {sorted(_LEVELS)}, got {difficulty!r}")
         for label, n in (("num_train", num_train), ("num_test", num_test)):
@@ -419,7 +421,7 @@ class ArithmeticTask(Task):
     def __repr__(self) -> str:
         return (
             f"ArithmeticTask(difficulty={self.difficulty}, num_train={self.num_train}, "
-            f"num_test={self.num_test}, seed={self.seed}, marker={self.marker!r})"
+            f"num_test={self.num_test}, seed={self.seed}, marker={self.marker!r}, protocol={self.protocol!r})"
         )
 
     def problems(self, split: str) -> list[ArithmeticProblem]:

@@ -10,6 +10,10 @@ requires the marker to appear exactly once. Tasks whose answers are numbers or o
 marker followed by a word and then a further line) as a marker; the rule is in :mod:`hrpo.marker`
 and is the same one the rollout uses to end the thinking phase. Graders see raw model output, so
 they are written to run in linear time and never to execute or ``eval()`` anything.
+
+That is our protocol, ``hrpo``. A task built with ``protocol="paper"`` grades by the authors' rules
+instead (spec §7, :mod:`hrpo.tasks.paper`), picked by its ``answer_kind``, for like-for-like
+comparisons with the paper's numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ from typing import Any
 from hrpo.marker import answer_marker_spans, answer_start
 
 DEFAULT_MARKER = "####"
+
+# Grading protocols: ours, and the authors' (spec §7, :mod:`hrpo.tasks.paper`) for like-for-like runs.
+PROTOCOLS = ("hrpo", "paper")
+# What a task's answers are, which picks its rule under the paper protocol.
+ANSWER_KINDS = ("number", "math", "choice", "qa", "text")
 
 Row = dict[str, Any]
 Messages = list[dict[str, Any]]
@@ -76,7 +85,8 @@ class Task:
     Subclasses set ``name`` (and optionally ``splits`` and ``answer_format``, a sentence added to
     the system prompt), implement :meth:`_load`, and override :meth:`is_correct` when exact string
     equality is not the right comparison (and :meth:`grade_row` when grading reads more of the row
-    than its ``answer``).
+    than its ``answer``). ``protocol`` picks the grading rules: ``"hrpo"`` (ours, the default) or
+    ``"paper"`` (the authors', :mod:`hrpo.tasks.paper`, by the task's ``answer_kind``).
     """
 
     name: str = "task"
@@ -86,11 +96,23 @@ class Task:
     """Read a line-start marker followed by a word of two or more letters and then a further line
     (``#### Step 1\n…``) as a markdown heading, not a marker (:mod:`hrpo.marker`). Only for tasks
     whose answers cannot be words (numbers, option letters); the rollout follows the same rule."""
+    answer_kind: str = "text"
+    """What the answers are (one of ``ANSWER_KINDS``): the paper protocol grades by this kind's rule."""
 
-    def __init__(self, *, marker: str = DEFAULT_MARKER, system_prompt: str | None = None) -> None:
+    def __init__(
+        self, *, marker: str = DEFAULT_MARKER, system_prompt: str | None = None, protocol: str = "hrpo"
+    ) -> None:
         if not isinstance(marker, str) or not marker.strip():
             raise ValueError(f"marker must be a non-empty string, got {marker!r}")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(map(repr, PROTOCOLS))}, got {protocol!r}")
+        if protocol == "paper" and self.answer_kind not in ANSWER_KINDS:
+            raise ValueError(
+                f"{type(self).__name__}.answer_kind = {self.answer_kind!r} has no paper rule; "
+                f"one of {', '.join(map(repr, ANSWER_KINDS))}"
+            )
         self.marker = marker
+        self.protocol = protocol
         self.system_prompt = (
             format_instruction(marker, self.answer_format) if system_prompt is None else system_prompt
         )
@@ -99,7 +121,9 @@ class Task:
             raise ValueError(f"system_prompt must mention the answer marker {marker!r}")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, marker={self.marker!r})"
+        return (
+            f"{type(self).__name__}(name={self.name!r}, marker={self.marker!r}, protocol={self.protocol!r})"
+        )
 
     # --- data -----------------------------------------------------------------------------------
 
@@ -187,18 +211,30 @@ class Task:
         The one grading path: the training reward, the logged training accuracy and evaluation all
         call it, so they cannot disagree. A completion is a string or TRL's conversational form
         (anything else scores 0); a row is the completion's dataset row, read for ``answer`` and
-        whatever else the task grades with (multiple-choice ``options``).
+        whatever else the task grades with (multiple-choice ``options``). The task's ``protocol``
+        picks the per-row grader: :meth:`grade_row` (``hrpo``) or :meth:`paper_grade_row` (``paper``).
         """
         if len(rows) != len(completions):
             raise ValueError(f"{len(completions)} completions but {len(rows)} rows")
+        grade_row = self.paper_grade_row if self.protocol == "paper" else self.grade_row
         scores = []
         for completion, row in zip(completions, rows, strict=True):
             text = completion_text(completion)
-            scores.append(0.0 if text is None else self.grade_row(text, row, strict_format))
+            scores.append(0.0 if text is None else grade_row(text, row, strict_format))
         return scores
 
+    def paper_grade_row(self, completion: str, row: Row, strict_format: bool = False) -> float:
+        """Score one completion text against its row's ``answer`` by the authors' rule for ``answer_kind``."""
+        # Imported here: hrpo.tasks.paper reuses qa's SQuAD helpers, and qa imports this module.
+        from hrpo.tasks.paper import paper_grade
+
+        return paper_grade(
+            self.answer_kind, completion, row.get("answer"), marker=self.marker, strict_format=strict_format
+        )
+
     def grade_row(self, completion: str, row: Row, strict_format: bool = False) -> float:
-        """Score one completion text against its row; tasks grading with more than ``answer`` override it.
+        """Score one completion text against its row by our (``hrpo``) rules; tasks grading with more
+        than ``answer`` override it.
 
         A reference that is not a string (an int from a custom data set) is graded as its ``str``.
         """
@@ -235,8 +271,9 @@ class FileTask(Task):
         *,
         marker: str = DEFAULT_MARKER,
         system_prompt: str | None = None,
+        protocol: str = "hrpo",
     ) -> None:
-        super().__init__(marker=marker, system_prompt=system_prompt)
+        super().__init__(marker=marker, system_prompt=system_prompt, protocol=protocol)
         self.data_files = {"train": data_files} if isinstance(data_files, str) else dict(data_files or {})
         self.columns = dict(columns or {})
 

@@ -129,6 +129,7 @@ class MultipleChoiceTask(FileTask):
         "The answer is one of the option letters: after the marker write only the letter (e.g. B)."
     )
     ignore_marker_headings = True  # answers are option letters: a '#### Step' heading is no marker
+    answer_kind = "choice"
     # Letters accepted when grading without the row's options (the widest question of the data set).
     max_options = 4
     hub_id: str | None = None
@@ -269,8 +270,9 @@ class MMLUStemTask(MultipleChoiceTask):
         stem_only: bool = True,
         marker: str = DEFAULT_MARKER,
         system_prompt: str | None = None,
+        protocol: str = "hrpo",
     ) -> None:
-        super().__init__(data_files, columns, marker=marker, system_prompt=system_prompt)
+        super().__init__(data_files, columns, marker=marker, system_prompt=system_prompt, protocol=protocol)
         self.stem_only = stem_only
 
     def _parse_record(

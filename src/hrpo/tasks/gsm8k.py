@@ -30,6 +30,7 @@ class GSM8KTask(FileTask):
     name = "gsm8k"
     answer_format = "The final answer is a number: write only the number, without units."
     ignore_marker_headings = True  # answers are numbers: a '#### Step' heading is no marker
+    answer_kind = "number"
 
     def _load(self, split: str, limit: int | None) -> list[Row]:
         records, where = load_split(split, self.data_files, HUB_ID, "main")

@@ -184,6 +184,7 @@ class MathTask(FileTask):
     """
 
     name = "math"
+    answer_kind = "math"
     answer_format = (
         "Write the final answer in simplest form; LaTeX such as \\frac{3}{4} or 2\\sqrt{5} is fine."
     )

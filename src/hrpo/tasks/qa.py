@@ -143,6 +143,7 @@ class QATask(FileTask):
     """
 
     name = "qa"
+    answer_kind = "qa"
     splits: tuple[str, ...] = ("train", "dev", "validation", "test")
     answer_format = (
         "The answer is a short phrase (a name, date, number or a few words): "
@@ -158,8 +159,9 @@ class QATask(FileTask):
         dataset: str | None = None,
         marker: str = DEFAULT_MARKER,
         system_prompt: str | None = None,
+        protocol: str = "hrpo",
     ) -> None:
-        super().__init__(data_files, columns, marker=marker, system_prompt=system_prompt)
+        super().__init__(data_files, columns, marker=marker, system_prompt=system_prompt, protocol=protocol)
         if isinstance(num_passages, bool) or not isinstance(num_passages, int) or num_passages < 0:
             raise ValueError(f"num_passages must be a non-negative int, got {num_passages!r}")
         if dataset is not None and (not isinstance(dataset, str) or not dataset):
@@ -170,7 +172,7 @@ class QATask(FileTask):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.name!r}, dataset={self.dataset!r}, "
-            f"num_passages={self.num_passages}, marker={self.marker!r})"
+            f"num_passages={self.num_passages}, marker={self.marker!r}, protocol={self.protocol!r})"
         )
 
     # --- data -----------------------------------------------------------------------------------
