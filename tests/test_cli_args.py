@@ -74,7 +74,8 @@ def test_edge_values_parse_to_numbers():
 @pytest.mark.parametrize("command", [EVAL, ["generate"], ["inspect", "hi"]])
 def test_max_new_tokens_is_a_deprecated_hidden_alias(command, capsys):
     parser = build_parser()
-    assert parser.parse_args(command).max_completion_length == {"eval": 512, "generate": 256}.get(
+    # eval: None until the tasks are known (each task's own length)
+    assert parser.parse_args(command).max_completion_length == {"eval": None, "generate": 256}.get(
         command[0], 128
     )
     assert parser.parse_args([*command, "--max-new-tokens", "7"]).max_completion_length == 7
@@ -90,11 +91,15 @@ def test_decoding_defaults_are_the_rollout_config_defaults():
     dataclass's own."""
     import dataclasses
 
+    from hrpo.cli.common import apply_checkpoint_settings
     from hrpo.rollout import RolloutConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(RolloutConfig)}
-    args = build_parser().parse_args(EVAL)
-    for name in ("temperature", "top_k", "top_p", "answer_marker", "max_completion_length"):
+    args = build_parser().parse_args(["generate"])
+    # Unset (None) until resolved: without a checkpoint, the dataclass's own defaults.
+    assert (args.temperature, args.top_k, args.top_p, args.answer_marker) == (None, None, None, None)
+    assert apply_checkpoint_settings(args) == {}
+    for name in ("temperature", "top_k", "top_p", "answer_marker"):
         assert getattr(args, name) == defaults[name], name
 
 

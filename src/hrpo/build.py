@@ -90,7 +90,7 @@ def build_data(
     if task is None and (train_dataset is None or funcs is None):
         from hrpo.tasks import get_task  # the task registry imports every task's dependencies
 
-        task = get_task(cfg.task, **{"marker": cfg.answer_marker, **cfg.task_args})
+        task = get_task(cfg.task, **task_kwargs(cfg))
     if train_dataset is None:
         train_dataset = task.load("train")
     if eval_dataset is None and task is not None and cfg.eval_limit > 0:
@@ -108,6 +108,21 @@ def build_data(
         )
     _check_rows(train_dataset, "training")
     return RunData(task, train_dataset, [] if eval_dataset is None else eval_dataset, funcs, weights)
+
+
+def task_kwargs(cfg: HRPOConfig) -> dict[str, Any]:
+    """The task constructor's keywords: the marker, system prompt and protocol config keys, then
+    ``task_args`` (which may not set those three again)."""
+    twice = sorted({"marker", "system_prompt", "protocol"} & set(cfg.task_args))
+    if twice:
+        raise ConfigError(
+            f"task_args sets {', '.join(twice)}: use the config keys "
+            "(answer_marker, system_prompt, protocol) instead"
+        )
+    kwargs: dict[str, Any] = {"marker": cfg.answer_marker, "protocol": cfg.protocol}
+    if cfg.system_prompt is not None:
+        kwargs["system_prompt"] = cfg.system_prompt
+    return {**kwargs, **cfg.task_args}
 
 
 def _head(rows: Rows, n: int) -> Rows:

@@ -6,7 +6,8 @@ Two kinds, both directories that appear complete or not at all (:mod:`hrpo.stora
   ``generate`` and ``inspect``): the PEFT adapter (``adapter_model.safetensors`` +
   ``adapter_config.json``) or, for full fine-tuning, the whole model (``model.safetensors``,
   possibly sharded), plus the gate in :data:`GATE_WEIGHTS` (its linears and Λ) and
-  :data:`GATE_CONFIG` (its settings);
+  :data:`GATE_CONFIG` (its settings), and :data:`DECODING_CONFIG`, the decoding settings it was
+  trained with (:data:`DECODING_KEYS`), which ``hrpo eval/generate/inspect --checkpoint`` use;
 * a **training checkpoint** ``checkpoints/step-NNNNNN`` of a run directory: a model checkpoint
   plus ``optimizer.pt``, ``scheduler.pt``, ``rng_state.pt`` (Python, NumPy, torch and CUDA
   generators) and :data:`TRAINER_STATE` (step, step budget, prompts consumed, process count and
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import yaml
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
@@ -38,7 +40,10 @@ if TYPE_CHECKING:  # model.py imports this module for save_pretrained/from_pretr
 
 GATE_WEIGHTS = "hrpo_gate.safetensors"
 GATE_CONFIG = "hrpo_gate.json"
+DECODING_CONFIG = "hrpo_decoding.json"
 TRAINER_STATE = "trainer_state.json"
+DECODING_KEYS = ("temperature", "top_k", "top_p", "answer_marker", "system_prompt", "hybrid", "protocol")
+"""The training config keys that shape decoding (and the latent: τ and the top-k/p support)."""
 CHECKPOINT_PREFIX = "step-"
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
@@ -68,6 +73,34 @@ def write_model(
         "adapter": isinstance(model.language_model, PeftModel),
     }
     (directory / GATE_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    if model.decoding_settings is not None:
+        settings = {
+            **model.decoding_settings,
+            "hybrid_mix": meta["mix"],
+            "latent_source": meta["latent_source"],
+        }
+        (directory / DECODING_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def decoding_settings(config: Any) -> dict[str, Any]:
+    """:data:`DECODING_KEYS` of a training config (an :class:`~hrpo.config.HRPOConfig` or its dict)."""
+    values = config if isinstance(config, dict) else config.to_dict()
+    return {k: values[k] for k in DECODING_KEYS if k in values}
+
+
+def read_decoding_settings(path: str | Path) -> dict[str, Any] | None:
+    """The decoding settings a checkpoint was trained with: its :data:`DECODING_CONFIG`, or, for a
+    training checkpoint written before that file existed, the run's ``config.yaml`` two levels up;
+    None when neither is there (a checkpoint saved by hand)."""
+    path = Path(path)
+    if (path / DECODING_CONFIG).is_file():
+        return json.loads((path / DECODING_CONFIG).read_text())
+    run_config = path.parent.parent / "config.yaml"  # RUN/checkpoints/step-N
+    if path.parent.name == "checkpoints" and run_config.is_file():
+        values = yaml.safe_load(run_config.read_text())
+        if isinstance(values, dict):
+            return decoding_settings(values)
+    return None
 
 
 def save_model(model: HybridModel, path: str | Path) -> Path:

@@ -102,6 +102,16 @@ class HRPOConfig:
     ``package.module:ClassName`` (a Task subclass or a function returning a Task)."""
     task_args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the task's constructor (e.g. ``{difficulty: 2}`` for arithmetic)."""
+    system_prompt: str | None = None
+    """The task's system turn: "hrpo" (or None), hrpo's instruction to reason and then answer after
+    the marker exactly once; "paper", the authors' prompt verbatim (spec §7); any other text is
+    used as it is (it must contain answer_marker). Not used with dataset_name (the data's prompts)."""
+    protocol: Literal["hrpo", "paper"] = "hrpo"
+    """Grading rules of the task's reward and evaluation: "hrpo", ours (exact values, math-verify
+    equivalence, a marker that must be there); "paper", the authors' extraction and matching (spec
+    §7: the last number, the last standalone letter, Hendrycks' string match; the whole text when
+    there is no marker), for like-for-like comparisons with the paper's numbers (README: "Two
+    grading protocols")."""
     dataset_name: str | None = None
     """Data to train on instead of the task's: a local .json (a list of records), .jsonl or .parquet
     file, a directory holding one such file per split (train.jsonl, test.jsonl, …), or a hub

@@ -26,6 +26,7 @@ from hrpo.rollout import RolloutConfig
 from hrpo.rundir import lock_run_dir
 from hrpo.storage import atomic_write_text
 from hrpo.tasks import Task
+from hrpo.tasks.base import PAPER_SYSTEM_PROMPT
 
 MODES = ("hybrid", "plain")
 """Decoding modes: hybrid latent decoding, or plain token decoding (``RolloutConfig.hybrid``)."""
@@ -34,6 +35,8 @@ SETTINGS = "eval_config.json"
 PREDICTIONS = "predictions.jsonl"
 # Settings files written before --max-new-tokens took the config key's name hold the old one.
 _RENAMED_SETTINGS = {"max_new_tokens": "max_completion_length"}
+# Settings recorded since: what older files meant (None: unknown, not compared).
+_ADDED_SETTINGS: dict[str, Any] = {"protocol": "hrpo", "system_prompt": None}
 
 
 def mode_dir(output_dir: str | Path, task: str, mode: str) -> Path:
@@ -49,6 +52,8 @@ def check_resumable(run_dir: str | Path, settings: Mapping[str, Any]) -> None:
     config_file = run_dir / SETTINGS
     if config_file.is_file():
         old = {_RENAMED_SETTINGS.get(k, k): v for k, v in json.loads(config_file.read_text()).items()}
+        for key, meant in _ADDED_SETTINGS.items():
+            old.setdefault(key, meant if meant is not None else settings.get(key))
         changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if changed and (run_dir / PREDICTIONS).is_file():
             what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -96,6 +101,31 @@ def with_paper_results(
     return entry
 
 
+def paper_comparability(task: Task, cfg: RolloutConfig, num_samples: int) -> str | None:
+    """Why a result of ``task`` decoded with ``cfg`` is not measured as the paper's numbers were
+    (spec §7: the authors' grading rules and prompt, greedy, hybrid decoding, the task's length),
+    or None when it is."""
+    problems = []
+    if getattr(task, "protocol", "hrpo") != "paper":
+        problems.append("graded with the hrpo protocol (use --protocol paper)")
+    if getattr(task, "system_prompt", None) != PAPER_SYSTEM_PROMPT:
+        problems.append("not with the authors' system prompt (--system-prompt paper)")
+    if num_samples != 1:
+        problems.append(f"{num_samples} samples per problem, not greedy")
+    if not cfg.hybrid:
+        problems.append("plain decoding, not hybrid")
+    paper_length = getattr(task, "eval_max_completion_length", 512)
+    if cfg.max_completion_length != paper_length:
+        problems.append(f"{cfg.max_completion_length} new tokens, not the authors' {paper_length}")
+    return "; ".join(problems) or None
+
+
+def _group_paper(entry: dict[str, Any]) -> bool:
+    """Drop the paper's per-group numbers from ``entry``; whether there were any."""
+    found = [m.pop("paper") for m in entry.get("per_group", {}).values() if "paper" in m]
+    return bool(found)
+
+
 def _recorded_settings(
     name: str,
     cfg: RolloutConfig,
@@ -106,6 +136,8 @@ def _recorded_settings(
     split: str,
     num_samples: int,
     seed: int | None,
+    protocol: str,
+    system_prompt: str | None,
 ) -> dict[str, Any]:
     """What a (task, mode)'s predictions depend on, in the order ``eval_config.json`` lists it."""
     return {
@@ -123,6 +155,8 @@ def _recorded_settings(
         "ignore_marker_headings": cfg.ignore_marker_headings,
         "hybrid": cfg.hybrid,
         "seed": seed,
+        "protocol": protocol,
+        "system_prompt": system_prompt,
     }
 
 
@@ -145,6 +179,7 @@ def evaluate_tasks(
     checkpoint: str | None = None,
     benchmark: str | None = None,
     task_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    lengths: Mapping[str, int] | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate ``model`` on each task (by name) in each of ``modes`` (:data:`MODES`) into
@@ -157,7 +192,10 @@ def evaluate_tasks(
     ``checkpoint`` are recorded; the paper's numbers are looked up for ``model_names`` (default:
     ``model_id``) on ``benchmark`` (default: the task's, :func:`hrpo.paper.benchmark_name`).
     ``task_settings`` adds per-task settings to those recorded with the predictions (e.g. where
-    the task's data came from), so that a rerun with others is refused.
+    the task's data came from), so that a rerun with others is refused. ``lengths`` sets a task's
+    ``max_completion_length`` (default: ``rollout_config``'s). The paper's numbers are added only
+    where the result is measured as theirs were (:func:`paper_comparability`); otherwise the entry
+    says why not (``paper_not_comparable``). Each entry records its grading ``protocol``.
     """
     unknown = [m for m in modes if m not in MODES]
     if unknown:
@@ -174,11 +212,21 @@ def evaluate_tasks(
             headings = bool(getattr(task, "ignore_marker_headings", False))
             for mode in modes:
                 cfg = dataclasses.replace(
-                    rollout_config, hybrid=mode == "hybrid", ignore_marker_headings=headings
+                    rollout_config,
+                    hybrid=mode == "hybrid",
+                    ignore_marker_headings=headings,
+                    max_completion_length=(lengths or {}).get(name, rollout_config.max_completion_length),
                 )
                 run_dir = mode_dir(output_dir, name, mode)
                 extra = (task_settings or {}).get(name, {})
-                check_resumable(run_dir, _recorded_settings(name, cfg, extra=extra, seed=seed, **recorded))
+                protocol = getattr(task, "protocol", "hrpo")
+                prompt = getattr(task, "system_prompt", None)
+                check_resumable(
+                    run_dir,
+                    _recorded_settings(
+                        name, cfg, extra=extra, seed=seed, protocol=protocol, system_prompt=prompt, **recorded
+                    ),
+                )
                 start = time.perf_counter()
                 metrics = evaluate(
                     model,
@@ -194,8 +242,19 @@ def evaluate_tasks(
                 metrics.pop("predictions")
                 metrics["seconds"] = time.perf_counter() - start
                 task_benchmark = benchmark or benchmark_name(name)
-                entry = {"task": name, "mode": mode, "benchmark": task_benchmark, **metrics}
+                entry = {
+                    "task": name,
+                    "mode": mode,
+                    "benchmark": task_benchmark,
+                    "protocol": protocol,
+                    **metrics,
+                }
                 with_paper_results(entry, names, task_benchmark)
+                why_not = paper_comparability(task, cfg, num_samples)
+                if why_not:
+                    had_paper = entry.pop("paper", None) is not None
+                    if _group_paper(entry) or had_paper:
+                        entry["paper_not_comparable"] = why_not
                 atomic_write_text(run_dir / SUMMARY, json.dumps(entry, indent=2) + "\n")
                 results.append(entry)
         write_summary(output_dir, results, model=model_id, checkpoint=checkpoint, split=split)

@@ -11,6 +11,7 @@ both see the same numbers.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -56,6 +57,10 @@ class HybridModel(nn.Module):
         if gate.hidden_size != hidden:
             raise ValueError(f"gate hidden size {gate.hidden_size} != model embedding size {hidden}")
         self.gate = gate.to(embed.weight.device)
+        self.decoding_settings: dict[str, Any] | None = None
+        """The decoding settings the model was trained with (temperature, top-k/p, marker, system
+        prompt, hybrid on/off), written beside its checkpoints (:mod:`hrpo.checkpoint`) so that
+        ``hrpo eval/generate/inspect --checkpoint`` decode as training did."""
 
     # -- model facts ---------------------------------------------------------------------------
     @property
@@ -255,4 +260,6 @@ class HybridModel(nn.Module):
         for a full checkpoint, the weights are loaded from ``path`` and ``base_model`` is unused.
         """
         lm, gate = checkpoint.read_model(path, base_model, is_trainable=is_trainable)
-        return cls(lm, gate)
+        model = cls(lm, gate)
+        model.decoding_settings = checkpoint.read_decoding_settings(path)
+        return model

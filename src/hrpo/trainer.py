@@ -143,6 +143,13 @@ class HRPOTrainer:
         # that train go through it, so gradients are synchronised and shards gathered.
         self.prepared_model, self.optimizer = acc.prepare(self.model, self.optimizer)
         self.engine = RolloutEngine(self.model, self.tokenizer, build.rollout_config(cfg, self.task))
+        # Saved beside every checkpoint: eval/generate/inspect --checkpoint decode with them.
+        self.model.decoding_settings = {
+            **checkpoint.decoding_settings(cfg),
+            "system_prompt": _system_turn(self.train_dataset[0]["prompt"])
+            if len(self.train_dataset)
+            else None,
+        }
         self.loss_temperature = cfg.temperature if cfg.loss_temperature is None else cfg.loss_temperature
         self.step = 0
         self._order_epoch, self._order = -1, np.arange(0)
@@ -517,3 +524,16 @@ class HRPOTrainer:
             "checkpoint": last_saved,
             "output_dir": self.output_dir,
         }
+
+
+def _system_turn(prompt: Any) -> str | None:
+    """The system message of a conversational prompt (the text the model was trained under), or None."""
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and isinstance(prompt[0], dict)
+        and prompt[0].get("role") == "system"
+    ):
+        content = prompt[0].get("content")
+        return content if isinstance(content, str) else None
+    return None

@@ -40,7 +40,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="tasks to evaluate: registered names (below) or custom ones as package.module:ClassName",
     )
     common.add_model_args(p)
-    common.add_decoding_args(p)
+    common.add_decoding_args(
+        p,
+        length_help="maximum completion length in tokens (default: each task's, as the authors "
+        "evaluated: 1024 for math, 512 for the others)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=["hrpo", "paper"],
+        default="hrpo",
+        help="grading rules: hrpo (ours, default: exact values, math-verify equivalence, a marker "
+        "that must be there) or paper (the authors' extraction and matching, spec §7; with it the "
+        "system prompt defaults to the authors'). The paper's numbers are shown only beside a "
+        "result measured like theirs: --protocol paper, the authors' prompt, greedy, hybrid, the "
+        "task's length",
+    )
+    p.add_argument(
+        "--system-prompt",
+        default=None,
+        help="the tasks' system turn: a preset, 'hrpo' (our instruction) or 'paper' (the authors'), "
+        "or its text (default: the one the --checkpoint was trained with, else the --protocol's)",
+    )
     p.add_argument(
         "--data",
         action="append",
@@ -78,8 +98,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--hybrid",
         choices=["on", "off", "both"],
-        default="on",
-        help="hybrid latent decoding (on, default), plain token decoding (off), or both one after the other",
+        default=None,
+        help="hybrid latent decoding (on), plain token decoding (off), or both one after the other "
+        "(default: as the --checkpoint was trained, else on)",
     )
     p.add_argument(
         "--max-prompt-length",
@@ -105,12 +126,30 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(task_args, dict):
         raise ValueError(f"--task-args must be a YAML mapping, got {args.task_args!r}")
     data = _data_files(args.data, args.task)
-    tasks = {}
+    twice = sorted({"marker", "system_prompt", "protocol"} & set(task_args))
+    if twice:
+        raise ValueError(
+            f"--task-args sets {', '.join(twice)}: use --answer-marker, --system-prompt, --protocol"
+        )
+    trained = common.apply_checkpoint_settings(args)
+    # The decoding mode the checkpoint was trained with, unless told otherwise ("both" includes it).
+    trained_mode = {} if trained.get("hybrid") is None else {"hybrid": "on" if trained["hybrid"] else "off"}
+    mode = (
+        args.hybrid
+        if args.hybrid == "both"
+        else common.trained_value("hybrid", args.hybrid, trained_mode, "on")
+    )
+    system_prompt = common.system_prompt(args, trained, "paper" if args.protocol == "paper" else None)
+    tasks, lengths = {}, {}
     for name in args.task:
-        kwargs = {"marker": args.answer_marker, **task_args}
+        kwargs = {"marker": args.answer_marker, "protocol": args.protocol, **task_args}
+        if system_prompt is not None:
+            kwargs["system_prompt"] = system_prompt
         if name in data:
             kwargs["data_files"] = {args.split: data[name]}
         tasks[name] = get_task(name, **kwargs)  # bad names and settings fail before the model loads
+        lengths[name] = args.max_completion_length or tasks[name].eval_max_completion_length
+    args.max_completion_length = args.max_completion_length or lengths[args.task[0]]
 
     model_name = args.model or "SmolLM2-135M-Instruct"
     out = Path(args.output or Path("runs") / "eval" / Path(model_name.rstrip("/")).name)
@@ -124,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
         tasks,
         common.rollout_config(args, max_prompt_length=args.max_prompt_length),
         output_dir=out,
-        modes=_MODES[args.hybrid],
+        modes=_MODES[mode],
+        lengths=lengths,
         split=args.split,
         limit=args.limit,
         num_samples=args.num_samples,
@@ -168,9 +208,13 @@ def _fmt_acc(m: dict) -> str:
 def _print_eval_table(results: list[dict]) -> None:
     header = f"{'task':<14}{'mode':<8}{'n':>5}  {'accuracy [95% CI]':<22}{'length':>7}{'hidden':>8}{'tok/s':>7}{'time':>7}"
     print(header + "   paper GRPO / HRPO")
+    not_comparable = {}
     for r in results:
         paper = r.get("paper")
         paper_text = f"   {paper['grpo']:.3f} / {paper['hrpo']:.3f}" if paper else ""
+        if r.get("paper_not_comparable"):
+            paper_text = "   not comparable (below)"
+            not_comparable[f"{r['task']} ({r['mode']})"] = r["paper_not_comparable"]
         tps = f"{r['tokens_per_second']:.0f}" if r.get("tokens_per_second") else "-"
         print(
             f"{r['task']:<14}{r['mode']:<8}{r['num_examples']:>5}  {_fmt_acc(r):<22}"
@@ -182,3 +226,5 @@ def _print_eval_table(results: list[dict]) -> None:
             gp = gm.get("paper")
             gp_text = f"   {gp['grpo']:.3f} / {gp['hrpo']:.3f}" if gp else ""
             print(f"{'':<2}{group[:20]:<20}{gm['num_examples']:>5}  {gm['accuracy']:.3f}{gp_text}")
+    for what, why in not_comparable.items():
+        print(f"{what}: the paper's numbers are not shown: {why}")

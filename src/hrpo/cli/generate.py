@@ -34,11 +34,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     common.add_model_args(p)
     common.add_decoding_args(p, max_completion_length=256)
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
-    p.add_argument("--no-hybrid", action="store_true", help="plain token decoding (no latent mixing)")
+    p.add_argument(
+        "--hybrid",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="hybrid latent decoding, or plain token decoding with --no-hybrid "
+        "(default: as the --checkpoint was trained, else hybrid)",
+    )
     p.add_argument(
         "--num-generations", type=common.POSITIVE_INT, default=1, help="completions per prompt (default 1)"
     )
-    p.add_argument("--system-prompt", default=None, help="system turn prepended to each prompt")
+    p.add_argument(
+        "--system-prompt",
+        default=None,
+        help="system turn prepended to each prompt: its text, or a preset, 'hrpo' (our instruction) or "
+        "'paper' (the authors'); default: the one the --checkpoint was trained with, else none",
+    )
     p.add_argument("--raw", action="store_true", help="feed prompts verbatim, without the chat template")
     common.add_marker_headings_arg(p)
     p.add_argument(
@@ -54,15 +65,18 @@ def run(args: argparse.Namespace) -> int:
     if not prompts:
         print("hrpo generate: no prompts given (arguments, --file or stdin)", file=sys.stderr)
         return 2
+    trained = common.apply_checkpoint_settings(args)
+    hybrid = common.trained_value("hybrid", args.hybrid, trained, True)
+    system_prompt = common.system_prompt(args, trained, None)
     model, tok = common.load_hybrid(args)
     cfg = common.rollout_config(
         args,
         num_generations=args.num_generations,
         max_prompt_length=None,
         do_sample=not args.greedy,
-        hybrid=not args.no_hybrid,
+        hybrid=hybrid,
         ignore_marker_headings=args.ignore_marker_headings,
-        system_prompt=args.system_prompt,
+        system_prompt=system_prompt,
         chat_template=not args.raw,
     )
     engine = RolloutEngine(model, tok, cfg)

@@ -8,7 +8,7 @@ import sys
 
 from hrpo.cli import common
 from hrpo.inspection import format_table, inspect_prompt, plot_heatmap
-from hrpo.tasks.base import format_instruction
+from hrpo.tasks.base import system_prompt_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=5,
         help="nearest vocabulary tokens shown per latent (default 5)",
     )
-    p.add_argument("--system-prompt", default=None, help="system turn (default: the marker instruction)")
+    p.add_argument(
+        "--system-prompt",
+        default=None,
+        help="system turn: its text, or a preset, 'hrpo' or 'paper' (default: the one the --checkpoint "
+        "was trained with, else 'hrpo', our marker instruction)",
+    )
     p.add_argument("--raw", action="store_true", help="feed the prompt verbatim, without the chat template")
     common.add_marker_headings_arg(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
@@ -39,13 +44,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    trained = common.apply_checkpoint_settings(args)
+    system_prompt = common.system_prompt(args, trained, system_prompt_text("hrpo", args.answer_marker))
     model, tok = common.load_hybrid(args)
     cfg = common.rollout_config(
         args,
         max_prompt_length=None,
         do_sample=args.sample,
         ignore_marker_headings=args.ignore_marker_headings,
-        system_prompt=args.system_prompt or format_instruction(args.answer_marker),
+        system_prompt=system_prompt,
         chat_template=not args.raw,
     )
     report = inspect_prompt(model, tok, args.prompt, cfg, top=args.top, seed=args.seed)

@@ -48,6 +48,31 @@ def format_instruction(marker: str = DEFAULT_MARKER, answer_format: str = "") ->
     return f"{text} {answer_format}".strip()
 
 
+PAPER_SYSTEM_PROMPT = (
+    "A conversation between User and Assistant. The user asks a question, and the assistant solves "
+    "it. The assistant first thinks about the reasoning process in the mind and then provides the "
+    "user with the answer. The final answer is provided after the #### tag, i.e., "
+    "{reasoning process} #### {answer}."
+)
+"""The authors' system prompt (spec §7), verbatim: the input text of the paper's experiments."""
+
+SYSTEM_PROMPTS = ("hrpo", "paper")
+"""System prompts by name: ``hrpo`` (:func:`format_instruction`, the default) and ``paper``."""
+
+
+def system_prompt_text(
+    system_prompt: str | None, marker: str = DEFAULT_MARKER, answer_format: str = ""
+) -> str:
+    """The system prompt ``system_prompt`` names: None or ``"hrpo"`` → ours (:func:`format_instruction`
+    with ``answer_format``), ``"paper"`` → :data:`PAPER_SYSTEM_PROMPT` (with ``marker`` in place of
+    its ``####``), any other string → itself."""
+    if system_prompt is None or system_prompt == "hrpo":
+        return format_instruction(marker, answer_format)
+    if system_prompt == "paper":
+        return PAPER_SYSTEM_PROMPT.replace(DEFAULT_MARKER, marker)
+    return system_prompt
+
+
 def clean_answer(text: str) -> str:
     """Strip whitespace, ``$``, ``**`` and a trailing period from around an answer."""
     # One pass each way: str.strip with a character set is linear however the dressing is nested.
@@ -96,6 +121,9 @@ class Task:
     """Read a line-start marker followed by a word of two or more letters and then a further line
     (``#### Step 1\n…``) as a markdown heading, not a marker (:mod:`hrpo.marker`). Only for tasks
     whose answers cannot be words (numbers, option letters); the rollout follows the same rule."""
+    eval_max_completion_length: int = 512
+    """``hrpo eval``'s default completion length for this task (the authors evaluated with 512 new
+    tokens, 1024 on MATH)."""
     answer_kind: str = "text"
     """What the answers are (one of ``ANSWER_KINDS``): the paper protocol grades by this kind's rule."""
 
@@ -113,9 +141,9 @@ class Task:
             )
         self.marker = marker
         self.protocol = protocol
-        self.system_prompt = (
-            format_instruction(marker, self.answer_format) if system_prompt is None else system_prompt
-        )
+        if protocol == "paper":  # the authors end the thinking phase at any marker, headings too
+            self.ignore_marker_headings = False
+        self.system_prompt = system_prompt_text(system_prompt, marker, self.answer_format)
         # A prompt that never shows the marker makes every reward 0: catch it before training.
         if marker not in self.system_prompt:
             raise ValueError(f"system_prompt must mention the answer marker {marker!r}")

@@ -185,6 +185,7 @@ class MathTask(FileTask):
 
     name = "math"
     answer_kind = "math"
+    eval_max_completion_length = 1024  # the authors' MATH evaluation length
     answer_format = (
         "Write the final answer in simplest form; LaTeX such as \\frac{3}{4} or 2\\sqrt{5} is fine."
     )
