@@ -8,8 +8,8 @@ Every setting of the config is translated here, once, and nowhere else in the tr
   (PEFT), and the gate, wrapped together as a :class:`~hrpo.model.HybridModel`;
 * the reference for the KL term: a frozen copy for full fine-tuning, or none (with LoRA the
   reference is the same model with its adapters off; with β = 0 there is no KL term);
-* the optimiser (AdamW over three parameter groups: LoRA/model weights, gate linears, Λ, each with
-  its own learning rate) and the learning-rate schedule;
+* the optimiser (AdamW, ``optim``'s implementation, over three parameter groups: LoRA/model
+  weights, gate linears, Λ, each with its own learning rate) and the learning-rate schedule;
 * the :class:`~hrpo.rollout.RolloutConfig` the rollouts and the evaluation decode with.
 """
 
@@ -363,14 +363,52 @@ def parameter_groups(cfg: HRPOConfig, model: HybridModel) -> list[dict[str, Any]
     return groups
 
 
+BNB_OPTIMIZERS = {
+    "adamw_8bit": "AdamW8bit",
+    "paged_adamw_8bit": "PagedAdamW8bit",
+    "paged_adamw_32bit": "PagedAdamW32bit",
+}
+"""``optim`` values run by bitsandbytes → its class in ``bitsandbytes.optim``."""
+
+
+def _bitsandbytes(optim: str) -> Any:
+    try:
+        # Imported here: bitsandbytes is an optional, CUDA-only native package (hrpo[bnb]).
+        import bitsandbytes
+    except ImportError as e:
+        raise ConfigError(
+            f"config key 'optim': {optim} needs bitsandbytes: pip install bitsandbytes "
+            "(or pip install 'hrpo[bnb]'), or use optim=adamw_torch"
+        ) from e
+    return bitsandbytes
+
+
+def check_optimizer(cfg: HRPOConfig, device: torch.device) -> None:
+    """Fail on a bitsandbytes ``optim`` that cannot run on ``device`` (not CUDA, or bitsandbytes
+    not installed), before the model loads."""
+    if cfg.optim not in BNB_OPTIMIZERS:
+        return
+    if device.type != "cuda":
+        raise ConfigError(
+            f"config key 'optim': {cfg.optim} runs on CUDA only (bitsandbytes' 8-bit and paged "
+            f"optimisers) and this run is on {device.type}; use optim=adamw_torch on the CPU"
+        )
+    _bitsandbytes(cfg.optim)
+
+
 def build_optimizer(cfg: HRPOConfig, model: HybridModel) -> torch.optim.Optimizer:
-    """AdamW over :func:`parameter_groups`."""
-    return torch.optim.AdamW(
-        parameter_groups(cfg, model),
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        eps=cfg.adam_epsilon,
-        weight_decay=cfg.weight_decay,
-    )
+    """AdamW (``optim``'s implementation) over :func:`parameter_groups`."""
+    kwargs = {
+        "betas": (cfg.adam_beta1, cfg.adam_beta2),
+        "eps": cfg.adam_epsilon,
+        "weight_decay": cfg.weight_decay,
+    }
+    groups = parameter_groups(cfg, model)
+    if cfg.optim in BNB_OPTIMIZERS:
+        return getattr(_bitsandbytes(cfg.optim).optim, BNB_OPTIMIZERS[cfg.optim])(groups, **kwargs)
+    if cfg.optim == "adamw_torch_fused":
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def optimizer_batches_per_rollout(cfg: HRPOConfig) -> int:

@@ -272,6 +272,17 @@ class HRPOConfig:
     """AdamW β₂ (decay of the squared-gradient average)."""
     adam_epsilon: float = 1e-8
     """AdamW ε (added to the denominator)."""
+    optim: Literal[
+        "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"
+    ] = "adamw_torch"
+    """The AdamW implementation (TrainingArguments' names), over the same three parameter groups
+    with the same betas, eps and weight decay: "adamw_torch" (torch.optim.AdamW), "adamw_torch_fused"
+    (its fused kernel, TRL's default), "adamw_8bit" (bitsandbytes' AdamW8bit: 8-bit moments, a
+    quarter of the state memory; tensors under 4096 values keep 32-bit moments), "paged_adamw_8bit" (PagedAdamW8bit, the paper's: 8-bit moments
+    paged to CPU memory under GPU memory pressure), "paged_adamw_32bit" (PagedAdamW32bit). The
+    bitsandbytes ones run on CUDA only and need ``pip install bitsandbytes`` (or 'hrpo[bnb]');
+    checked before the model loads. Untested until a GPU run: their state in checkpoints (save and
+    resume) and under FSDP2."""
     warmup_ratio: float = 0.1
     """Fraction of the optimiser updates (max_steps × num_iterations × steps_per_generation /
     gradient_accumulation_steps) with a linear warm-up."""

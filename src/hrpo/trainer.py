@@ -118,6 +118,7 @@ class HRPOTrainer:
         mixed = "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else None  # None: accelerate's own setting
         self.accelerator = acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
         self.config = cfg = build.resolve_generation_batch_size(cfg, acc.num_processes)
+        build.check_optimizer(cfg, acc.device)
         self.progress = progress and acc.is_main_process
         self.callbacks = build.check_callbacks(callbacks)
         self.plots = plots

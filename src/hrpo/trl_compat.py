@@ -98,8 +98,6 @@ UNSUPPORTED: dict[str, str] = {
     "(logit_chunk_size chunks); for a float32 head, train with dtype=float32",
     "remove_unused_columns": "every dataset column is passed to the reward functions; drop it",
     "shuffle_dataset": "the data order is always a seeded shuffle per epoch (seed)",
-    "optim": "the optimiser is AdamW with three parameter groups (learning_rate, gate_learning_rate, "
-    "lambda_learning_rate)",
     "lr_scheduler_kwargs": "set lr_scheduler_type and warmup_ratio",
     "warmup_steps": "use warmup_ratio (a fraction of the optimiser updates)",
     "per_device_eval_batch_size": "use eval_batch_size",
