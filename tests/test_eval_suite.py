@@ -88,7 +88,9 @@ def test_paper_results_beside_ours():
     assert "paper" not in with_paper_results({"task": "gsm8k"}, ["SmolLM2-135M-Instruct"], "GSM8K")
 
 
-def test_math_and_math500_are_reported_from_one_pass(tiny_dir, tmp_path):
+def test_math_and_math500_are_reported_from_one_pass(tiny_dir, tmp_path, capsys):
+    from hrpo.cli.eval import _print_eval_table
+
     base, tok = load_model(str(tiny_dir), device="cpu")
     model = HybridModel(base, seed=0).eval()
     data = tmp_path / "math_test.jsonl"
@@ -121,6 +123,8 @@ def test_math_and_math500_are_reported_from_one_pass(tiny_dir, tmp_path):
     assert subset["num_examples"] == 2 and subset["paper"] == {"grpo": 0.524, "hrpo": 0.536}
     assert subset["accuracy"] == sum(p["correct"] for p in predictions if p["index"] in (1, 3)) / 2
     assert json.loads((out / "metrics.json").read_text())["results"] == [entry]
+    _print_eval_table([entry])
+    assert capsys.readouterr().out.splitlines()[2].split()[:2] == ["MATH500", "2"]
 
     # A limit that keeps no listed problem: MATH alone, with a warning.
     with pytest.warns(UserWarning, match="none of the 1 rows evaluated is in MATH500"):
