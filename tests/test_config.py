@@ -87,6 +87,8 @@ def test_shipped_recipes_load_and_build_their_tasks():
         "math_qwen2.5_1.5b": (64, 8),
         "mmlu_arc_qwen2.5_1.5b": (64, 8),
         "qa_qwen2.5_1.5b": (64, 4),
+        "gsm8k_llama3.2_1b": (32, 4),  # the authors' scripts: the same settings for Llama-3.2
+        "gsm8k_llama3.2_3b": (32, 4),
     }
     assert set(paper) | {"quickstart"} <= set(loaded)
     for name, cfg in loaded.items():
@@ -101,6 +103,19 @@ def test_shipped_recipes_load_and_build_their_tasks():
                 0.1,
                 0.5,
             )
+
+
+def test_llama_recipes_name_the_models_and_valid_lora_targets():
+    from tiny import tiny_model
+
+    llama = {name: load_config(name) for name in ("gsm8k_llama3.2_1b", "gsm8k_llama3.2_3b")}
+    assert [cfg.model_name_or_path for cfg in llama.values()] == [
+        "meta-llama/Llama-3.2-1B-Instruct",
+        "meta-llama/Llama-3.2-3B-Instruct",
+    ]
+    modules = {name.rsplit(".", 1)[-1] for name, _ in tiny_model("llama", 64).named_modules()}
+    for cfg in llama.values():
+        assert set(cfg.lora_target_modules) <= modules and len(cfg.lora_target_modules) == 7
 
 
 # ---- numeric ranges -------------------------------------------------------------------------------

@@ -86,3 +86,49 @@ def test_paper_results_beside_ours():
     assert "paper" not in qa and qa["per_group"]["nq"]["paper"] == {"grpo": 0.381, "hrpo": 0.378}
     assert "paper" not in qa["per_group"]["other"]
     assert "paper" not in with_paper_results({"task": "gsm8k"}, ["SmolLM2-135M-Instruct"], "GSM8K")
+
+
+def test_math_and_math500_are_reported_from_one_pass(tiny_dir, tmp_path, capsys):
+    from hrpo.cli.eval import _print_eval_table
+
+    base, tok = load_model(str(tiny_dir), device="cpu")
+    model = HybridModel(base, seed=0).eval()
+    data = tmp_path / "math_test.jsonl"
+    records = [
+        {
+            "problem": f"What is {i} + {i}?",
+            "solution": f"\\boxed{{{2 * i}}}",
+            "unique_id": f"test/algebra/{i}.json",
+        }
+        for i in range(4)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    ids = tmp_path / "math500.txt"
+    ids.write_text("test/algebra/1.json\ntest/algebra/3.json\n")
+    task = get_task("math", data_files={"test": str(data)}, math500=str(ids))
+    cfg = RolloutConfig(max_completion_length=4, max_prompt_length=2048)
+    common = dict(batch_size=4, progress=False, model_names=["Qwen/Qwen2.5-1.5B-Instruct"])
+    out = tmp_path / "out"
+    [entry] = evaluate_tasks(model, tok, {"math": task}, cfg, output_dir=out, **common)
+    predictions = [
+        json.loads(line) for line in (mode_dir(out, "math", "hybrid") / "predictions.jsonl").open()
+    ]
+    assert len(predictions) == 4  # one generation pass for both benchmarks
+    assert (entry["benchmark"], entry["num_examples"], entry["paper"]) == (
+        "MATH",
+        4,
+        {"grpo": 0.502, "hrpo": 0.518},
+    )
+    subset = entry["subsets"]["MATH500"]
+    assert subset["num_examples"] == 2 and subset["paper"] == {"grpo": 0.524, "hrpo": 0.536}
+    assert subset["accuracy"] == sum(p["correct"] for p in predictions if p["index"] in (1, 3)) / 2
+    assert json.loads((out / "metrics.json").read_text())["results"] == [entry]
+    _print_eval_table([entry])
+    assert capsys.readouterr().out.splitlines()[2].split()[:2] == ["MATH500", "2"]
+
+    # A limit that keeps no listed problem: MATH alone, with a warning.
+    with pytest.warns(UserWarning, match="none of the 1 rows evaluated is in MATH500"):
+        [entry] = evaluate_tasks(
+            model, tok, {"math": task}, cfg, output_dir=tmp_path / "o2", limit=1, **common
+        )
+    assert "subsets" not in entry and entry["benchmark"] == "MATH"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hrpo.evaluation import accuracy_interval, default_ks, evaluate, pass_at_k, summarize
+from hrpo.evaluation import accuracy_interval, default_ks, evaluate, pass_at_k, summarize, summarize_subset
 from hrpo.inspection import format_table, inspect_prompt, nearest_tokens, plot_heatmap
 from hrpo.model import HybridModel
 from hrpo.rollout import RolloutConfig, RolloutEngine
@@ -85,6 +85,16 @@ def test_summarize_groups_samples_and_pass_at_k():
         "physics": {"accuracy": 0.5, "num_examples": 1},
     }
     assert m["hidden_ratio"] == pytest.approx((0.1 * 10 + 0.3 * 30) / 40)
+
+
+def test_summarize_subset_is_summarize_of_those_problems_from_the_same_records():
+    preds = [_pred(i, s, correct=(i + s) % 3 == 0, hidden=0.1 * i) for i in range(6) for s in range(2)]
+    sub = summarize_subset(preds, [0, 2, 5], num_samples=2, pass_ks=[1, 2])
+    alone = summarize([p for p in preds if p["index"] in (0, 2, 5)], num_samples=2, pass_ks=[1, 2])
+    assert "predictions" not in sub and sub == {k: v for k, v in alone.items() if k != "predictions"}
+    # One of the two samples of each of problems 0, 2 and 5 is right.
+    assert sub["num_examples"] == 3 and sub["accuracy"] == pytest.approx(0.5) and sub["pass@2"] == 1.0
+    assert summarize_subset(preds, [], num_samples=2)["num_examples"] == 0
 
 
 class EchoTask(Task):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hrpo.tasks.math import MathTask, answers_match, last_boxed, reference_answer
+from hrpo.tasks.math import MathTask, answers_match, last_boxed, read_problem_list, reference_answer
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/math/math500_sample.jsonl"
 
@@ -275,3 +275,57 @@ def test_unbounded_forms_are_refused_on_the_main_thread_too():
         assert not answers_match("5!", "120")  # a known cost: factorials only match exactly
         assert answers_match("x^{y^z}", "x^{y^z}")
     assert calls == []
+
+
+# Made-up MATH-format records; ids as in MATH-500 (`test/<subject>/<n>.json`).
+MATH_RECORDS = [
+    {"problem": f"Problem {i}: what is {i} + {i}?", "solution": f"so \\boxed{{{2 * i}}}", "unique_id": uid}
+    for i, uid in enumerate(["test/algebra/1.json", "test/algebra/2.json", None, "test/geometry/7.json"])
+]
+
+
+def test_problem_lists_by_id_or_problem_text(tmp_path):
+    (tmp_path / "ids.txt").write_text("test/algebra/2.json\n\n  test/geometry/7.json \n")
+    assert read_problem_list(tmp_path / "ids.txt") == (
+        frozenset({"test/algebra/2.json", "test/geometry/7.json"}),
+        frozenset(),
+    )
+    (tmp_path / "ids.json").write_text(json.dumps(["test/algebra/1.json"]))
+    assert read_problem_list(tmp_path / "ids.json")[0] == {"test/algebra/1.json"}
+    # MATH-500's own layout: unique_id and problem, both used.
+    f = _write(tmp_path / "m500.jsonl", [{"problem": " Problem 2: what is 2 + 2? ", "unique_id": "x/1.json"}])
+    assert read_problem_list(f) == (frozenset({"x/1.json"}), frozenset({"Problem 2: what is 2 + 2?"}))
+    f = _write(tmp_path / "bad.jsonl", [{"problem": "p"}, {"answer": "1"}])
+    with pytest.raises(ValueError, match=r"bad\.jsonl: entry 1 is neither a unique_id nor a record"):
+        read_problem_list(f)
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(ValueError, match="lists no problems"):
+        read_problem_list(tmp_path / "empty.json")
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        read_problem_list(tmp_path / "missing.txt")
+
+
+def test_math500_subset_of_a_full_math_file(tmp_path):
+    data = _write(tmp_path / "math_test.jsonl", [{k: v for k, v in r.items() if v} for r in MATH_RECORDS])
+    plain = MathTask(data_files={"test": data})
+    rows = plain.load("test")
+    assert [r.get("unique_id") for r in rows] == [r["unique_id"] for r in MATH_RECORDS]
+    assert plain.subsets(rows) == {} and plain.benchmark is None
+    (tmp_path / "ids.txt").write_text("test/algebra/2.json\ntest/geometry/7.json\ntest/other/9.json\n")
+    task = MathTask(data_files={"test": data}, math500=str(tmp_path / "ids.txt"))
+    assert task.benchmark == "MATH" and task.subsets(rows) == {"MATH500": [1, 3]}
+    # By problem text, which is how the authors matched (a MATH file needs no id column then).
+    m500 = _write(tmp_path / "m500.jsonl", [{"problem": MATH_RECORDS[2]["problem"], "answer": "4"}])
+    no_ids = [{k: v for k, v in r.items() if k != "unique_id"} for r in rows]
+    assert MathTask(data_files={"test": data}, math500=m500).subsets(no_ids) == {"MATH500": [2]}
+    with pytest.raises(ValueError, match="math500 needs data_files"):
+        MathTask(math500=m500)
+    # The id column can be mapped, and a mapped column must be there.
+    renamed = [{("path" if k == "unique_id" else k): v for k, v in r.items() if v} for r in MATH_RECORDS]
+    data = _write(tmp_path / "renamed.jsonl", renamed)
+    with pytest.raises(
+        ValueError, match=r"renamed\.jsonl: record 2 has no field 'path' \(mapped from 'unique_id'\)"
+    ):
+        MathTask(data_files={"test": data}, columns={"unique_id": "path"}).load("test")
+    rows = MathTask(data_files={"test": data}, columns={"unique_id": "path"}).load("test", limit=2)
+    assert rows[1]["unique_id"] == "test/algebra/2.json"

@@ -13,13 +13,14 @@ import dataclasses
 import json
 import re
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from hrpo.evaluation import evaluate
+from hrpo.evaluation import evaluate, summarize_subset
 from hrpo.model import HybridModel
 from hrpo.paper import benchmark_name, paper_accuracies
 from hrpo.rollout import RolloutConfig
@@ -121,9 +122,43 @@ def paper_comparability(task: Task, cfg: RolloutConfig, num_samples: int) -> str
 
 
 def _group_paper(entry: dict[str, Any]) -> bool:
-    """Drop the paper's per-group numbers from ``entry``; whether there were any."""
-    found = [m.pop("paper") for m in entry.get("per_group", {}).values() if "paper" in m]
+    """Drop the paper's numbers of ``entry``'s groups and subsets; whether there were any."""
+    parts = [*entry.get("per_group", {}).values(), *entry.get("subsets", {}).values()]
+    found = [m.pop("paper") for m in parts if "paper" in m]
     return bool(found)
+
+
+def task_subsets(name: str, task: Task, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """The named subsets of ``rows`` that ``task`` reports too (:meth:`Task.subsets`); one that no
+    row is in (e.g. with a small ``limit``) is left out with a warning."""
+    subsets = {}
+    for subset, indices in task.subsets(list(rows)).items():
+        if indices:
+            subsets[subset] = list(indices)
+        else:
+            message = f"task {name}: none of the {len(rows)} rows evaluated is in {subset}; not reported"
+            warnings.warn(message, stacklevel=2)
+    return subsets
+
+
+def subset_results(
+    predictions: list[dict[str, Any]],
+    subsets: Mapping[str, Sequence[int]],
+    models: Sequence[str | None],
+    *,
+    num_samples: int,
+    pass_ks: Sequence[int] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Metrics of each subset (named by its benchmark, e.g. MATH500) from the predictions of all
+    the rows, with the paper's numbers where it reports that benchmark for one of ``models``."""
+    results = {}
+    for subset, indices in subsets.items():
+        metrics = summarize_subset(predictions, indices, num_samples, pass_ks)
+        paper = paper_accuracies(models, subset)
+        if paper:
+            metrics["paper"] = paper
+        results[subset] = metrics
+    return results
 
 
 def _recorded_settings(
@@ -185,12 +220,15 @@ def evaluate_tasks(
     """Evaluate ``model`` on each task (by name) in each of ``modes`` (:data:`MODES`) into
     ``output_dir`` (layout and resuming: module docstring). Returns one entry per (task, mode),
     as written to ``TASK-MODE/metrics.json``: ``task``, ``mode``, ``benchmark``, the metrics of
-    :func:`hrpo.evaluation.evaluate`, ``seconds``, and ``paper`` where the paper has the number.
+    :func:`hrpo.evaluation.evaluate`, ``seconds``, ``paper`` where the paper has the number, and
+    ``subsets`` (per subset the task names, e.g. MATH500 within MATH: its metrics from the same
+    predictions, with ``paper``) where the task has any (:meth:`Task.subsets`).
 
     ``rollout_config`` holds the decoding settings (each mode sets ``hybrid``, each task its
     marker rule); ``seed`` None samples with seed 0. ``model_id`` (e.g. the model's directory) and
     ``checkpoint`` are recorded; the paper's numbers are looked up for ``model_names`` (default:
-    ``model_id``) on ``benchmark`` (default: the task's, :func:`hrpo.paper.benchmark_name`).
+    ``model_id``) on ``benchmark`` (default: ``task.benchmark``, else by the task's name,
+    :func:`hrpo.paper.benchmark_name`).
     ``task_settings`` adds per-task settings to those recorded with the predictions (e.g. where
     the task's data came from), so that a rerun with others is refused. ``lengths`` sets a task's
     ``max_completion_length`` (default: ``rollout_config``'s). The paper's numbers are added only
@@ -210,6 +248,7 @@ def evaluate_tasks(
             if not rows:
                 raise ValueError(f"task {name}: split {split!r} has no rows")
             headings = bool(getattr(task, "ignore_marker_headings", False))
+            subsets = task_subsets(name, task, rows)
             for mode in modes:
                 cfg = dataclasses.replace(
                     rollout_config,
@@ -239,9 +278,9 @@ def evaluate_tasks(
                     desc=f"{name} ({mode})",
                     **decoding,
                 )
-                metrics.pop("predictions")
+                predictions = metrics.pop("predictions")
                 metrics["seconds"] = time.perf_counter() - start
-                task_benchmark = benchmark or benchmark_name(name)
+                task_benchmark = benchmark or task.benchmark or benchmark_name(name)
                 entry = {
                     "task": name,
                     "mode": mode,
@@ -250,6 +289,10 @@ def evaluate_tasks(
                     **metrics,
                 }
                 with_paper_results(entry, names, task_benchmark)
+                if subsets:
+                    entry["subsets"] = subset_results(
+                        predictions, subsets, names, num_samples=num_samples, pass_ks=pass_ks
+                    )
                 why_not = paper_comparability(task, cfg, num_samples)
                 if why_not:
                     had_paper = entry.pop("paper", None) is not None

@@ -267,3 +267,17 @@ def summarize(
         result["heading_markers"] = sum(p.get("heading_markers", 0) > 0 for p in counted) / len(counted)
     result["predictions"] = predictions
     return result
+
+
+def summarize_subset(
+    predictions: list[dict[str, Any]],
+    indices: Sequence[int],
+    num_samples: int,
+    pass_ks: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """:func:`summarize` of the problems ``indices`` alone, from the predictions of a larger set
+    (MATH500 within MATH: one generation pass, both benchmarks), without the records."""
+    keep = set(indices)
+    result = summarize([p for p in predictions if p["index"] in keep], num_samples, pass_ks)
+    del result["predictions"]
+    return result

@@ -21,7 +21,8 @@ for _model, _grpo, _hrpo in (
 ):
     PAPER_RESULTS.update({(_model, b): (g, h) for b, g, h in zip(KNOWLEDGE, _grpo, _hrpo, strict=True)})
 
-# Our task name -> the paper's benchmark name. `math` evaluates MATH500 unless told otherwise.
+# Our task name -> the paper's benchmark name. `math` evaluates MATH500 unless told otherwise
+# (`--benchmark MATH`, or a `math500` list: the full MATH file, with MATH500 as a subset).
 TASK_BENCHMARKS = {"gsm8k": "GSM8K", "math": "MATH500", "mmlu_stem": "MMLU-ST", "arc_challenge": "ARC-C"}
 # QA rows carry the source data set in a `dataset` column.
 QA_BENCHMARKS = {

@@ -222,7 +222,7 @@ def _print_eval_table(results: list[dict]) -> None:
         )
         for k in [k for k in r if k.startswith("pass@")]:
             print(f"{'':<29}{k}: {r[k]:.3f}")
-        for group, gm in r.get("per_group", {}).items():
+        for group, gm in {**r.get("per_group", {}), **r.get("subsets", {})}.items():
             gp = gm.get("paper")
             gp_text = f"   {gp['grpo']:.3f} / {gp['hrpo']:.3f}" if gp else ""
             print(f"{'':<2}{group[:20]:<20}{gm['num_examples']:>5}  {gm['accuracy']:.3f}{gp_text}")

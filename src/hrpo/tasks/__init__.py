@@ -8,7 +8,7 @@ from typing import Any
 
 from hrpo.tasks.arithmetic import ArithmeticTask
 from hrpo.tasks.base import DEFAULT_MARKER, Task, TaskReward, clean_answer, completion_text
-from hrpo.tasks.choice import ARCChallengeTask, MMLUStemTask
+from hrpo.tasks.choice import ARCChallengeTask, MMLUStemTask, OpenBookQATask, QASCTask
 from hrpo.tasks.gsm8k import GSM8KTask
 from hrpo.tasks.math import MathTask
 from hrpo.tasks.numbers import numbers_match, parse_number
@@ -78,6 +78,8 @@ register_task("arithmetic", ArithmeticTask)
 register_task("gsm8k", GSM8KTask)
 register_task("mmlu_stem", MMLUStemTask)
 register_task("arc_challenge", ARCChallengeTask)
+register_task("openbookqa", OpenBookQATask)
+register_task("qasc", QASCTask)
 register_task("math", MathTask)
 register_task("qa", QATask)
 
@@ -88,6 +90,8 @@ __all__ = [
     "GSM8KTask",
     "MMLUStemTask",
     "MathTask",
+    "OpenBookQATask",
+    "QASCTask",
     "QATask",
     "Task",
     "TaskReward",

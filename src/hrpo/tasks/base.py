@@ -126,6 +126,9 @@ class Task:
     tokens, 1024 on MATH)."""
     answer_kind: str = "text"
     """What the answers are (one of ``ANSWER_KINDS``): the paper protocol grades by this kind's rule."""
+    benchmark: str | None = None
+    """The paper's benchmark these rows are, where the task knows better than its name does
+    (:func:`hrpo.paper.benchmark_name`): ``math`` with a MATH500 list evaluates the full MATH."""
 
     def __init__(
         self, *, marker: str = DEFAULT_MARKER, system_prompt: str | None = None, protocol: str = "hrpo"
@@ -165,6 +168,11 @@ class Task:
 
     def _load(self, split: str, limit: int | None) -> list[Row]:
         raise NotImplementedError(f"{type(self).__name__} must implement _load(split, limit)")
+
+    def subsets(self, rows: list[Row]) -> dict[str, list[int]]:
+        """Named subsets of ``rows`` (indices) that evaluation also reports, from the same
+        predictions (MATH500 within MATH); none by default."""
+        return {}
 
     def solution_row(self, split: str, index: int, question: str, solution: str, reference: str) -> Row:
         """The row of a problem given with a worked solution (GSM8K, MATH)."""

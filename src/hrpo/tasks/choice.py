@@ -1,4 +1,4 @@
-"""Multiple-choice tasks: MMLU-STEM and ARC-Challenge, graded by the option letter.
+"""Multiple-choice tasks: MMLU-STEM, ARC-Challenge, OpenBookQA and QASC, graded by the option letter.
 
 The user turn is ``Question: {q}\\nOptions:\\nA. {opt}\\nB. {opt}...`` and the reference is the
 correct option's letter. Grading reads the text after the last marker and takes the first
@@ -23,6 +23,8 @@ LETTERS = string.ascii_uppercase
 
 MMLU_HUB_ID = "cais/mmlu"
 ARC_HUB_ID = "allenai/ai2_arc"
+OPENBOOKQA_HUB_ID = "allenai/openbookqa"
+QASC_HUB_ID = "allenai/qasc"
 
 MMLU_STEM_SUBJECTS: frozenset[str] = frozenset(
     {
@@ -135,6 +137,10 @@ class MultipleChoiceTask(FileTask):
     hub_id: str | None = None
     hub_config: str | None = None
     hub_splits: Mapping[str, str] = {}
+    # Where the question is read: the first of these the record has (``columns`` maps the first).
+    question_fields: tuple[str, ...] = ("question",)
+    # Added to the error for an empty answer key (a split published without its keys).
+    missing_key_hint = ""
 
     # --- data -----------------------------------------------------------------------------------
 
@@ -166,10 +172,53 @@ class MultipleChoiceTask(FileTask):
         self, rec: Any, where: str, i: int
     ) -> tuple[str, list[str], str, dict[str, Any]] | None:
         """``(question, option texts, reference letter, extra row fields)``, or None to skip."""
-        question = str(field(rec, "question", where, i, self.columns))
+        question = self._question(rec, where, i)
         options = self._options(field(rec, "choices", where, i, self.columns), where, i)
         answer = field(rec, "answer", where, i, self.columns)
         return question, options, self._answer_letter(answer, len(options), where, i), {}
+
+    def _question(self, rec: Any, where: str, i: int) -> str:
+        """The question: the mapped column, else the first of ``question_fields`` the record has."""
+        first = self.question_fields[0]
+        if first in self.columns or not isinstance(rec, dict):
+            return str(field(rec, first, where, i, self.columns))
+        for name in self.question_fields:
+            if rec.get(name) is not None:
+                return str(rec[name])
+        return str(field(rec, first, where, i))  # the error names the missing field
+
+    def _parse_labelled(self, rec: Any, where: str, i: int) -> tuple[str, list[str], str, dict[str, Any]]:
+        """A record in the AI2 layout (see :class:`LabelledChoiceTask`)."""
+        question = self._question(rec, where, i)
+        choices = field(rec, "choices", where, i, self.columns)
+        key = field(rec, "answerKey", where, i, self.columns)
+        name = self.columns.get("choices", "choices")
+        key_name = self.columns.get("answerKey", "answerKey")
+        if isinstance(choices, Mapping):
+            if "text" not in choices or "label" not in choices:
+                raise ValueError(f"{where}: record {i}: field {name!r} needs 'text' and 'label' lists")
+            options = self._options(choices["text"], where, i)
+            labels = choices["label"]
+            if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+                raise ValueError(f"{where}: record {i}: field {name!r} has no list of labels")
+            labels = [str(label).strip() for label in labels]
+            if len(labels) != len(options):
+                raise ValueError(
+                    f"{where}: record {i}: field {name!r} has {len(options)} texts but {len(labels)} labels"
+                )
+        else:
+            # A plain list of options is labelled A, B, C... like the prompt.
+            options = self._options(choices, where, i)
+            labels = list(LETTERS[: len(options)])
+        key_text = str(key).strip()
+        if not key_text:
+            hint = f" ({self.missing_key_hint})" if self.missing_key_hint else ""
+            raise ValueError(f"{where}: record {i}: field {key_name!r} is empty{hint}")
+        if key_text not in labels:
+            raise ValueError(
+                f"{where}: record {i}: field {key_name!r} = {key!r} is not one of the labels {labels}"
+            )
+        return question, options, LETTERS[labels.index(key_text)], {}
 
     def _options(self, choices: Any, where: str, i: int) -> list[str]:
         name = self.columns.get("choices", "choices")
@@ -280,9 +329,7 @@ class MMLUStemTask(MultipleChoiceTask):
     ) -> tuple[str, list[str], str, dict[str, Any]] | None:
         if isinstance(rec, dict) and "answerKey" in rec and self.columns.get("answer", "answer") not in rec:
             # ARC-shaped records in the same split: the paper trains on MMLU auxiliary_train + ARC-C train.
-            arc = ARCChallengeTask._parse_record(self, rec, where, i)  # type: ignore[arg-type]
-            assert arc is not None
-            question, options, letter, _ = arc
+            question, options, letter, _ = self._parse_labelled(rec, where, i)
             return question, options, letter, {"subject": "arc_challenge"}
         subject_key = self.columns.get("subject", "subject")
         subject = rec.get(subject_key) if isinstance(rec, dict) else None
@@ -295,13 +342,28 @@ class MMLUStemTask(MultipleChoiceTask):
         return question, options, letter, {"subject": subject}
 
 
-class ARCChallengeTask(MultipleChoiceTask):
+class LabelledChoiceTask(MultipleChoiceTask):
+    """Records in the AI2 layout: a question, ``choices`` = ``{"text": [...], "label": [...]}`` and
+    ``answerKey`` (ARC-Challenge, OpenBookQA, QASC).
+
+    Labels may be letters or numbers ("1".."4"); options are shown as A, B, C... in their given
+    order, so the reference is the letter at the answer key's position (answerKey "3" with labels
+    1-4 gives C). ``choices`` may also be a plain list of options, labelled A, B, C... The question
+    is read from the first of ``question_fields`` the record has (a ``columns`` entry for the first
+    name maps it to another column).
+    """
+
+    def _parse_record(
+        self, rec: Any, where: str, i: int
+    ) -> tuple[str, list[str], str, dict[str, Any]] | None:
+        return self._parse_labelled(rec, where, i)
+
+
+class ARCChallengeTask(LabelledChoiceTask):
     """ARC-Challenge (``allenai/ai2_arc``, config ``ARC-Challenge``), 3-5 options per question.
 
-    Records have ``question``, ``choices`` = ``{"text": [...], "label": [...]}`` and
-    ``answerKey``. Labels may be letters or numbers ("1".."4"); options are shown as A, B, C...
-    in their given order, so the reference is the letter at the answer key's position
-    (answerKey "3" with labels 1-4 gives C).
+    Reads ``question``, ``choices`` (``text``, ``label``) and ``answerKey``
+    (:class:`LabelledChoiceTask`); other fields (``id``) are ignored.
     """
 
     name = "arc_challenge"
@@ -309,33 +371,36 @@ class ARCChallengeTask(MultipleChoiceTask):
     hub_id = ARC_HUB_ID
     hub_config = "ARC-Challenge"
 
-    def _parse_record(
-        self, rec: Any, where: str, i: int
-    ) -> tuple[str, list[str], str, dict[str, Any]] | None:
-        question = str(field(rec, "question", where, i, self.columns))
-        choices = field(rec, "choices", where, i, self.columns)
-        key = field(rec, "answerKey", where, i, self.columns)
-        name = self.columns.get("choices", "choices")
-        key_name = self.columns.get("answerKey", "answerKey")
-        if isinstance(choices, Mapping):
-            if "text" not in choices or "label" not in choices:
-                raise ValueError(f"{where}: record {i}: field {name!r} needs 'text' and 'label' lists")
-            options = self._options(choices["text"], where, i)
-            labels = choices["label"]
-            if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
-                raise ValueError(f"{where}: record {i}: field {name!r} has no list of labels")
-            labels = [str(label).strip() for label in labels]
-            if len(labels) != len(options):
-                raise ValueError(
-                    f"{where}: record {i}: field {name!r} has {len(options)} texts but {len(labels)} labels"
-                )
-        else:
-            # A plain list of options is labelled A, B, C... like the prompt.
-            options = self._options(choices, where, i)
-            labels = list(LETTERS[: len(options)])
-        key_text = str(key).strip()
-        if key_text not in labels:
-            raise ValueError(
-                f"{where}: record {i}: field {key_name!r} = {key!r} is not one of the labels {labels}"
-            )
-        return question, options, LETTERS[labels.index(key_text)], {}
+
+class OpenBookQATask(LabelledChoiceTask):
+    """OpenBookQA (``allenai/openbookqa``, config ``main``), 4 options per question.
+
+    Reads ``question_stem`` (or ``question`` when a file has no ``question_stem`` and ``columns``
+    does not map it), ``choices`` (``text``, ``label`` A-D) and ``answerKey``; ``id`` and the
+    ``additional`` config's ``fact1`` and scores are ignored. The authors evaluate the test split
+    (500 questions) with the ARC-Challenge prompt: ``Question: {question_stem}`` and the options.
+    """
+
+    name = "openbookqa"
+    max_options = 4
+    hub_id = OPENBOOKQA_HUB_ID
+    hub_config = "main"
+    question_fields = ("question_stem", "question")
+
+
+class QASCTask(LabelledChoiceTask):
+    """QASC (``allenai/qasc``), 8 options per question.
+
+    Reads ``question``, ``choices`` (``text``, ``label`` A-H) and ``answerKey``; ``id``, ``fact1``,
+    ``fact2``, ``combinedfact`` and ``formatted_question`` (the question with its options inline)
+    are ignored, as in the authors' evaluation, which shows the question and options like ARC's.
+    The hub's test split is published without answer keys, so the authors evaluate the validation
+    split (926 questions): here the hub's ``validation`` split is also what ``test`` loads (local
+    ``data_files`` are read under the split names given).
+    """
+
+    name = "qasc"
+    max_options = 8
+    hub_id = QASC_HUB_ID
+    hub_splits = {"test": "validation"}
+    missing_key_hint = "QASC's public test split has no answer keys; evaluate its validation split"

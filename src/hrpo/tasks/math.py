@@ -4,6 +4,10 @@ Loads local JSON/JSONL/Parquet files whose records hold a problem (``question`` 
 a worked solution ending in ``\\boxed{...}`` or a bare final answer (``answer`` or ``solution``), or
 the hub dataset ``HuggingFaceH4/MATH-500`` (test split only) through the optional ``datasets``
 package when no files are given. The reference is the content of the last ``\\boxed{}``/``\\fbox{}``.
+
+With ``math500`` (a list of the MATH-500 problems) the evaluated file is the full MATH test set, and
+evaluation reports MATH on every row and MATH500 on the listed ones from the same predictions, as
+the authors' MATH script does.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import threading
 import time
 from collections import deque
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from hrpo.tasks.base import FileTask, Row, clean_answer
-from hrpo.tasks.data import field, load_split
+from hrpo.tasks.base import DEFAULT_MARKER, FileTask, Row, clean_answer
+from hrpo.tasks.data import field, load_split, read_records
 
 HUB_ID = "HuggingFaceH4/MATH-500"
+MATH500 = "MATH500"
 
 # Field names tried in order when ``columns`` does not map a field: our files use question/answer,
 # the original MATH release problem/solution.
@@ -52,6 +58,42 @@ _RISKY_RE = re.compile(
     r"|(?:\^|\*\*)\s*[\w.]+\s*(?:\^|\*\*)"
     r"|(?:\^|\*\*)\s*\{?\s*[-+]?\s*\(?\s*\d{3,}"
 )
+
+
+def read_problem_list(path: str | Path) -> tuple[frozenset[str], frozenset[str]]:
+    """The ``unique_id``s and problem texts (stripped) a problem list names (see :class:`MathTask`).
+
+    A ``.txt`` file holds one id a line; a JSON/JSONL/Parquet file holds ids (strings) or records
+    with ``unique_id`` and/or ``problem`` (or ``question``). An entry with neither is an error
+    naming the file and entry.
+    """
+    path = Path(path).expanduser()
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise FileNotFoundError(f"math500 list {path} does not exist")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return frozenset(line.strip() for line in lines if line.strip()), frozenset()
+    ids, problems = set(), set()
+    for n, entry in enumerate(read_records(path)):
+        if isinstance(entry, str) and entry.strip():
+            ids.add(entry.strip())
+            continue
+        found = False
+        if isinstance(entry, dict):
+            if isinstance(entry.get("unique_id"), str) and entry["unique_id"].strip():
+                ids.add(entry["unique_id"].strip())
+                found = True
+            problem = entry.get("problem", entry.get("question"))
+            if isinstance(problem, str) and problem.strip():
+                problems.add(problem.strip())
+                found = True
+        if not found:
+            raise ValueError(
+                f"{path}: entry {n} is neither a unique_id nor a record with 'unique_id' or 'problem'"
+            )
+    if not ids and not problems:
+        raise ValueError(f"{path}: lists no problems")
+    return frozenset(ids), frozenset(problems)
 
 
 def last_boxed(text: str) -> str | None:
@@ -179,8 +221,16 @@ class MathTask(FileTask):
     """MATH / MATH-500 with HRPO's marker prompt and math-verify grading.
 
     ``data_files`` maps split names to local files (a single path means the train split);
-    ``columns`` maps this task's field names (``question``, ``answer``) to the file's. An unmapped
-    ``question`` falls back to ``problem`` and an unmapped ``answer`` to ``solution``.
+    ``columns`` maps this task's field names (``question``, ``answer``, ``unique_id``) to the
+    file's. An unmapped ``question`` falls back to ``problem`` and an unmapped ``answer`` to
+    ``solution``; rows keep a record's ``unique_id`` (MATH-500's ``test/precalculus/807.json``).
+
+    ``math500`` names the MATH-500 problems within a full MATH test file (``data_files``), so that
+    evaluation reports both benchmarks from one pass (:meth:`subsets`): a text file of
+    ``unique_id``s, one a line, or a JSON/JSONL/Parquet file of ids or of records with
+    ``unique_id`` and/or ``problem`` (MATH-500 itself, saved from the hub). A row is in MATH500
+    when its ``unique_id`` is listed or its problem text (stripped) is one of the listed problems;
+    the authors matched problem texts, which needs no id column in the MATH file.
     """
 
     name = "math"
@@ -189,6 +239,28 @@ class MathTask(FileTask):
     answer_format = (
         "Write the final answer in simplest form; LaTeX such as \\frac{3}{4} or 2\\sqrt{5} is fine."
     )
+
+    def __init__(
+        self,
+        data_files: dict[str, str | list[str]] | str | None = None,
+        columns: dict[str, str] | None = None,
+        *,
+        math500: str | Path | None = None,
+        marker: str = DEFAULT_MARKER,
+        system_prompt: str | None = None,
+        protocol: str = "hrpo",
+    ) -> None:
+        super().__init__(data_files, columns, marker=marker, system_prompt=system_prompt, protocol=protocol)
+        self.math500 = None if math500 is None else str(math500)
+        self._math500_ids: frozenset[str] = frozenset()
+        self._math500_problems: frozenset[str] = frozenset()
+        if math500 is not None:
+            # The hub default is MATH-500 itself: a subset of it would be all of it.
+            if not self.data_files:
+                raise ValueError("math500 needs data_files: the full MATH test file it is a subset of")
+            self._math500_ids, self._math500_problems = read_problem_list(math500)
+            # The rows evaluated are the full MATH test set; MATH500 is reported as a subset.
+            self.benchmark = "MATH"
 
     def _field(self, record: Any, key: str, where: str, index: int) -> Any:
         """``record``'s value for ``key``: the mapped column, else the first default name present."""
@@ -212,8 +284,28 @@ class MathTask(FileTask):
             ref = reference_answer(solution)
             if not ref:
                 raise ValueError(f"{where}: record {i}: empty reference answer in {solution[:80]!r}")
-            rows.append(self.solution_row(split, i, question, solution, ref))
+            row = self.solution_row(split, i, question, solution, ref)
+            if "unique_id" in self.columns:  # a mapped column must be there
+                unique_id = field(rec, "unique_id", where, i, self.columns)
+            else:
+                unique_id = rec.get("unique_id") if isinstance(rec, dict) else None
+            if isinstance(unique_id, str) and unique_id:
+                row["unique_id"] = unique_id
+            rows.append(row)
         return rows
+
+    def subsets(self, rows: list[Row]) -> dict[str, list[int]]:
+        """``{"MATH500": indices of the rows listed in math500}`` with ``math500``, else ``{}``."""
+        if self.math500 is None:
+            return {}
+        ids, problems = self._math500_ids, self._math500_problems
+        return {
+            MATH500: [
+                i
+                for i, row in enumerate(rows)
+                if row.get("unique_id") in ids or str(row.get("question", "")).strip() in problems
+            ]
+        }
 
     def extract_answer(self, completion: str) -> str | None:
         """The text after the last marker, or the last box in it when the model boxed its answer."""
