@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Writes OUTPUT/metrics.json and, per task and decoding mode, OUTPUT/TASK-MODE/predictions.jsonl\n"
         "and metrics.json. Rerunning with the same --output resumes from the predictions already\n"
         "written. For Qwen2.5-1.5B/3B the paper's GRPO and HRPO numbers are shown beside ours.",
-        epilog="tasks: arithmetic, gsm8k, math (MATH500 by default), mmlu_stem, arc_challenge, qa\n"
+        epilog="tasks: arithmetic, gsm8k, math (MATH500 by default), mmlu_stem, arc_challenge, openbookqa, qasc, qa\n"
         "example: hrpo eval --task gsm8k --data data/gsm8k/test.jsonl --limit 50 --hybrid both",
     )
     p.add_argument(
