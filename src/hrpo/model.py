@@ -10,6 +10,7 @@ both see the same numbers.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ class HybridModel(nn.Module):
         if gate.hidden_size != hidden:
             raise ValueError(f"gate hidden size {gate.hidden_size} != model embedding size {hidden}")
         self.gate = gate.to(embed.weight.device)
+        self._cache_argument = cache_argument(model.get_decoder())
         self.decoding_settings: dict[str, Any] | None = None
         """The decoding settings the model was trained with (temperature, top-k/p, marker, system
         prompt, hybrid on/off), written beside its checkpoints (:mod:`hrpo.checkpoint`) so that
@@ -151,8 +153,8 @@ class HybridModel(nn.Module):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=past_key_values is not None,
+            **{self._cache_argument: past_key_values},
         )
         return out.last_hidden_state
 
@@ -263,3 +265,10 @@ class HybridModel(nn.Module):
         model = cls(lm, gate)
         model.decoding_settings = checkpoint.read_decoding_settings(path)
         return model
+
+
+def cache_argument(decoder: nn.Module) -> str:
+    """The decoder's keyword for the KV cache: ``cache`` in transformers versions that renamed it
+    (``past_key_values`` is deprecated there, to be removed in 5.40), else ``past_key_values``."""
+    parameters = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
