@@ -64,7 +64,9 @@ def split_file(src: Path, kit: Path, parts: int) -> list[dict]:
             folder.mkdir(parents=True)
             path = folder / f"{src.name}.part-{i}"
             path.write_bytes(fh.read(chunk))
-            out.append({"dir": folder.name, "name": path.name, "bytes": path.stat().st_size, "sha256": sha256(path)})
+            out.append(
+                {"dir": folder.name, "name": path.name, "bytes": path.stat().st_size, "sha256": sha256(path)}
+            )
     return out
 
 
@@ -97,7 +99,9 @@ def download_wheels(dest: Path) -> list[dict]:
     wheels = sorted(dest.glob("*.whl"))
     impure = [w.name for w in wheels if not w.name.endswith("-py3-none-any.whl")]
     if impure or len(wheels) != len(WHEELS):
-        raise SystemExit(f"gpu_kit: expected {len(WHEELS)} pure-Python wheels, got {[w.name for w in wheels]}")
+        raise SystemExit(
+            f"gpu_kit: expected {len(WHEELS)} pure-Python wheels, got {[w.name for w in wheels]}"
+        )
     return [{"name": w.name, "sha256": sha256(w)} for w in wheels]
 
 
@@ -181,7 +185,9 @@ def setup(kit: Path, home: Path, need_model: bool) -> int:
     if not model.is_file():
         missing = stash_parts(manifest, kit, home)
         if missing:
-            print(f"gpu_kit: model parts {missing} of {len(manifest['parts'])} not here yet (carry {kit}/part-N)")
+            print(
+                f"gpu_kit: model parts {missing} of {len(manifest['parts'])} not here yet (carry {kit}/part-N)"
+            )
             return 3 if need_model else 0
         join_parts([home / "parts" / p["name"] for p in manifest["parts"]], model, manifest["gguf"]["sha256"])
         # A regular package, so that it wins over a namespace portion or another copy later on the path.
@@ -209,7 +215,9 @@ def pack_runs(sweep_dir: Path, dest: Path) -> None:
         for f in sorted(sweep_dir.glob("results.*")) + sorted(sweep_dir.glob("*.png")):
             tar.add(f, arcname=f.name)
     os.replace(tmp, dest)
-    print(f"gpu_kit: {len(finished_runs(sweep_dir))} finished runs in {dest} ({dest.stat().st_size / 2**20:.2f} MiB)")
+    print(
+        f"gpu_kit: {len(finished_runs(sweep_dir))} finished runs in {dest} ({dest.stat().st_size / 2**20:.2f} MiB)"
+    )
 
 
 def restore_runs(sweep_dir: Path, sources: list[Path]) -> None:
@@ -258,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kit", type=Path, default=Path(os.environ.get("KIT", ".gpu-kit")), help="kit folder")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="here: wheels, tokenizer and the split GGUF into the kit folder")
-    p.add_argument("--parts", type=int, default=None, help=f"GGUF parts (default: ≤ {PART_BYTES / 1e6:.0f} MB each)")
+    p.add_argument(
+        "--parts", type=int, default=None, help=f"GGUF parts (default: ≤ {PART_BYTES / 1e6:.0f} MB each)"
+    )
     p = sub.add_parser("setup", help="GPU machine: stash this call's part, install, reassemble when complete")
     p.add_argument("--home", type=Path, default=Path(os.environ.get("KIT_HOME", "/tmp/hrpo-gpu-kit")))
     p.add_argument("--need-model", action="store_true", help="exit 3 unless the model is reassembled")
