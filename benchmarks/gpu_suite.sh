@@ -103,24 +103,30 @@ case $stage in
 3)
   "$PY" benchmarks/gpu_kit.py setup --need-model || exit 3
   measure convert "$PY" -c "from hrpo.loading import default_model_path; print(default_model_path())"
-  acc=("$PY" -m accelerate.commands.launch --num_processes 1)
-  [[ -n "${QUICK:-}" ]] && acc+=(--cpu)
-  small_run fsdp "${acc[@]}" --config_file src/hrpo/configs/accelerate/fsdp.yaml
-  small_run ddp "${acc[@]}" --config_file src/hrpo/configs/accelerate/ddp.yaml
+  # One process: FSDP2 with a world of one on a GPU (on a CPU accelerate sets up no FSDP at all;
+  # accelerate_probe.py records which it was).
+  for launch in fsdp ddp; do
+    acc=("$PY" -m accelerate.commands.launch --num_processes 1 --config_file "src/hrpo/configs/accelerate/$launch.yaml")
+    measure "probe_$launch" "${acc[@]}" benchmarks/accelerate_probe.py "$launch" "$OUT/accelerate_probe.jsonl"
+    small_run "$launch" "${acc[@]}"
+  done
   small_run single "$PY"
   measure compare "$PY" benchmarks/compare_runs.py "$OUT"/fsdp_metrics.jsonl "$OUT"/ddp_metrics.jsonl \
     "$OUT"/single_metrics.jsonl --output "$OUT/fsdp_vs_ddp.json"
   ;;
 4)
   "$PY" benchmarks/gpu_kit.py setup --need-model || exit 3
+  # Finished runs of earlier sessions: the returned tarball (carried back in .gpu-kit/evidence) or
+  # the copy gpu_results.py --write committed.
   sweep=experiments/gpu_evidence.yaml groups=(${SEED_GROUPS:-0,1 2,3}) jobs=${JOBS:-6} threads=2
+  earlier=("$KIT"/evidence/*.tar.gz experiments/results/gpu_evidence/runs)
   if [[ -n "${QUICK:-}" ]]; then
     sweep=$KIT_HOME/gpu_evidence_quick.yaml groups=(${SEED_GROUPS:-0 1}) jobs=${JOBS:-3} threads=1
+    earlier=("$KIT"/evidence/*.tar.gz)
     "$PY" benchmarks/gpu_kit.py quick-sweep experiments/gpu_evidence.yaml "$sweep" || exit 2
   fi
   runs=$("$PY" -c "import sys; from hrpo.sweep import load_sweep; print(load_sweep(sys.argv[1]).output_dir)" "$sweep")
-  # Finished runs of earlier sessions: returned tarball (carried back in .gpu-kit/evidence) or committed copy.
-  "$PY" benchmarks/gpu_kit.py restore-runs "$runs" "$KIT"/evidence/*.tar.gz experiments/results/gpu_evidence/runs
+  "$PY" benchmarks/gpu_kit.py restore-runs "$runs" "${earlier[@]}"
   for seeds in "${groups[@]}"; do
     measure "evidence_seeds_${seeds/,/_}" "$PY" -m hrpo.cli sweep "$sweep" --jobs "$jobs" --threads $threads --seeds "$seeds"
     "$PY" benchmarks/gpu_kit.py pack-runs "$runs" "$OUT/evidence_runs.tar.gz"
