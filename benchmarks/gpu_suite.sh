@@ -8,7 +8,7 @@
 #   2  HRPO training step at the paper's GSM8K settings: eager/compiled, ± gradient checkpointing; bf16 log-prob parity
 #   3  a few HRPO steps on SmolLM2 under accelerate launch with FSDP2, with DDP, and without accelerate, compared
 #   4  the evidence run: SmolLM2 arithmetic, HRPO r_min 0.95/0.99 vs GRPO, 4 seeds × 200 steps (several sessions)
-#   5  rollout throughput at batch 8, 32 and 128 (the methods the targets compare)
+#   5  rollout throughput at batch 128, 8 and 32 (hybrid eager, static cache and compiled; plain; generate)
 # Every stage first runs `gpu_kit.py setup` (stashes the model part this call carried), writes each
 # result file to $OUT as soon as it exists, and stops starting measurements once BUDGET_S seconds
 # have passed (a measurement running then is cut off at the budget), so a stage always returns in time.
@@ -22,7 +22,8 @@ OUT=${OUT:-benchmarks/results/gpu}
 KIT=${KIT:-.gpu-kit}
 KIT_HOME=${KIT_HOME:-/tmp/hrpo-gpu-kit}
 PY=${PYTHON:-python3}
-declare -A budget=([1]=240 [2]=300 [3]=150 [4]=540 [5]=480)
+declare -A budget=([1]=270 [2]=240 [3]=150 [4]=540 [5]=480)
+[[ -n "${QUICK:-}" ]] && budget=([1]=900 [2]=900 [3]=900 [4]=900 [5]=900)  # a CPU compiles slowly
 BUDGET_S=${BUDGET_S:-${budget[$stage]:-300}}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/stage$stage.log") 2>&1
@@ -88,15 +89,14 @@ small_run() {
 case $stage in
 1)
   measure rollout_b64 "$PY" "${rollout[@]}" --batch-sizes $b64 --repeats $repeats \
-    --methods hybrid hybrid_static hybrid_compiled plain plain_compiled generate reference \
-    --output "$OUT/rollout_b64.json"
+    --methods hybrid hybrid_compiled plain plain_compiled generate reference --output "$OUT/rollout_b64.json"
   ;;
 2)
   measure train_eager "$PY" "${train[@]}" --output "$OUT/train_step_eager.json"
   measure train_compiled "$PY" "${train[@]}" --rollout-backend compiled --output "$OUT/train_step_compiled.json"
-  measure parity "$PY" benchmarks/logprob_parity.py "${model[@]}" --batch-size 16 --new-tokens $parity_tokens \
-    --output "$OUT/logprob_parity.json"
   measure train_eager_gc "$PY" "${train[@]}" --gradient-checkpointing --output "$OUT/train_step_eager_gc.json"
+  measure parity "$PY" benchmarks/logprob_parity.py "${model[@]}" --batch-size 16 --new-tokens $parity_tokens \
+    --backends eager_dynamic eager_static compiled --output "$OUT/logprob_parity.json"
   measure train_compiled_gc "$PY" "${train[@]}" --gradient-checkpointing --rollout-backend compiled \
     --output "$OUT/train_step_compiled_gc.json"
   ;;
@@ -135,7 +135,7 @@ case $stage in
   ;;
 5)
   measure rollout_batches "$PY" "${rollout[@]}" --batch-sizes "${others[@]}" --repeats 1 \
-    --methods hybrid hybrid_compiled plain generate --output "$OUT/rollout_batches.json"
+    --methods hybrid hybrid_static hybrid_compiled plain generate --output "$OUT/rollout_batches.json"
   ;;
 *) echo "unknown stage $stage (1-5)"; exit 2 ;;
 esac

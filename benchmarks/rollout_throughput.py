@@ -24,6 +24,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -51,13 +52,18 @@ COMPILED = ("hybrid_compiled", "plain_compiled")
 
 
 def timed_interleaved(
-    fns: dict, repeats: int, warmup_tokens: int, full_warmup: tuple[str, ...] = ()
+    fns: dict,
+    repeats: int,
+    warmup_tokens: int,
+    full_warmup: tuple[str, ...] = (),
+    on_round: Callable[[dict[str, float], dict[str, float]], None] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Median seconds per method of ``fn(None)`` (full length), after one short warm-up call each
     (a full-length one for the methods in ``full_warmup``); also the warm-up seconds.
 
     The methods take turns within each repeat, so a slow drift of the machine (other load,
     frequency changes) spreads over all of them instead of biasing the one measured last.
+    ``on_round(medians so far, warm-ups)`` is called after each repeat.
     """
     warmup = {}
     for name, fn in fns.items():
@@ -70,6 +76,8 @@ def timed_interleaved(
             start = time.perf_counter()
             fn(None)
             times[name].append(time.perf_counter() - start)
+        if on_round:
+            on_round({name: statistics.median(t) for name, t in times.items()}, warmup)
     return {name: statistics.median(t) for name, t in times.items()}, warmup
 
 
@@ -156,23 +164,37 @@ def main() -> None:
                     top_k=args.top_k,
                 )
 
-        tokens = bs * args.new_tokens
-        row = {"batch_size": bs, "new_tokens": args.new_tokens, "prompt_tokens_max": int(mask.sum(-1).max())}
-        fns = {m: (lambda n, m=m: run(m, n)) for m in args.methods}
-        medians, warmup = timed_interleaved(fns, args.repeats, args.warmup_tokens, COMPILED)
-        for method, seconds in medians.items():
-            row[f"{method}_tok_s"] = tokens / seconds
-        for method in COMPILED:
-            if method in warmup:
-                row[f"{method}_warmup_s"] = warmup[method]
-                if engines[method].compiled.failed:
-                    row[f"{method}_fell_back_to_eager"] = True
         prompt_len = int(mask.sum(-1).max())
-        row["floor_tok_s"] = floor_tokens_per_second(model, bs, prompt_len, args.new_tokens, bandwidth)
-        add_ratios(row)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        write_result(args.output, summary(args, hf, device, bandwidth, rows))
+        done: list[dict] = []  # this batch size's row after each repeat
+
+        def record(medians: dict, warmup: dict, bs=bs, prompt_len=prompt_len, engines=engines, done=done):
+            """Write the row with the repeats so far: a run cut short keeps them."""
+            row = make_row(args, bs, prompt_len, medians, warmup, engines, repeats_done=len(done) + 1)
+            row["floor_tok_s"] = floor_tokens_per_second(model, bs, prompt_len, args.new_tokens, bandwidth)
+            add_ratios(row)
+            done.append(row)
+            print(json.dumps(row), flush=True)
+            write_result(args.output, summary(args, hf, device, bandwidth, [*rows, row]))
+
+        fns = {m: (lambda n, m=m: run(m, n)) for m in args.methods}
+        timed_interleaved(fns, args.repeats, args.warmup_tokens, COMPILED, on_round=record)
+        rows.append(done[-1])
+
+
+def make_row(
+    args, bs: int, prompt_len: int, medians: dict, warmup: dict, engines: dict, repeats_done: int
+) -> dict:
+    """One batch size's throughputs (tokens/s) and the compiled methods' warm-up seconds."""
+    row = {"batch_size": bs, "new_tokens": args.new_tokens, "prompt_tokens_max": prompt_len}
+    for method, seconds in medians.items():
+        row[f"{method}_tok_s"] = bs * args.new_tokens / seconds
+    row["repeats_done"] = repeats_done
+    for method in COMPILED:
+        if method in warmup:
+            row[f"{method}_warmup_s"] = warmup[method]
+            if engines[method].compiled.failed:
+                row[f"{method}_fell_back_to_eager"] = True
+    return row
 
 
 def add_ratios(row: dict) -> None:
