@@ -3,7 +3,7 @@
 # (BENCHMARKS.md, "GPU kit": which part of .gpu-kit each call carries, and the time estimates).
 #   bash benchmarks/gpu_suite.sh STAGE        # on the GPU machine; results in $OUT
 #   QUICK=1 bash benchmarks/gpu_suite.sh 1    # tiny shapes, a few steps: checks a stage on CPU
-# Stages, most valuable first:
+# Stages, most valuable first (0: only stash the model part this call carried, in seconds):
 #   1  rollout throughput at batch 64 × 512 tokens, every method (Qwen2.5-1.5B architecture, random bf16 weights)
 #   2  HRPO training step at the paper's GSM8K settings: eager/compiled, ± gradient checkpointing; bf16 log-prob parity
 #   3  a few HRPO steps on SmolLM2 under accelerate launch with FSDP2, with DDP, and without accelerate, compared
@@ -17,7 +17,7 @@
 # space-separated; default all), QUICK, PYTHON (python3), JOBS (stage 4's runs side by side, 6) and
 # SEED_GROUPS (stage 4's seeds, a sweep call per group: "0,1 2,3").
 set -uo pipefail
-stage=${1:?usage: gpu_suite.sh STAGE (1-5)}
+stage=${1:?usage: gpu_suite.sh STAGE (0-5)}
 OUT=${OUT:-benchmarks/results/gpu}
 KIT=${KIT:-.gpu-kit}
 KIT_HOME=${KIT_HOME:-/tmp/hrpo-gpu-kit}
@@ -69,7 +69,8 @@ TOKENIZER=${TOKENIZER:-$KIT_HOME/tokenizer}
 model=(--random-config "$CFG" --tokenizer "$TOKENIZER")
 tokens=512; repeats=2; steps=3; completion=512; parity_tokens=256; b64=64; others=(128 8 32)
 if [[ -n "${QUICK:-}" ]]; then
-  model+=(--override num_hidden_layers=2 hidden_size=256 intermediate_size=512 num_attention_heads=4 num_key_value_heads=2)
+  model+=(--override num_hidden_layers=2 hidden_size=128 intermediate_size=256 num_attention_heads=4 num_key_value_heads=2
+    vocab_size=49152)  # the SmolLM2 tokenizer's ids
   tokens=8; repeats=1; steps=2; completion=8; parity_tokens=8; b64=4; others=(2)
 fi
 rollout=(benchmarks/rollout_throughput.py "${model[@]}" --new-tokens $tokens --sync-every 8)
@@ -87,6 +88,7 @@ small_run() {
 }
 
 case $stage in
+0) ;;
 1)
   measure rollout_b64 "$PY" "${rollout[@]}" --batch-sizes $b64 --repeats $repeats \
     --methods hybrid hybrid_compiled plain plain_compiled generate reference --output "$OUT/rollout_b64.json"
@@ -137,7 +139,7 @@ case $stage in
   measure rollout_batches "$PY" "${rollout[@]}" --batch-sizes "${others[@]}" --repeats 1 \
     --methods hybrid hybrid_static hybrid_compiled plain generate --output "$OUT/rollout_batches.json"
   ;;
-*) echo "unknown stage $stage (1-5)"; exit 2 ;;
+*) echo "unknown stage $stage (0-5)"; exit 2 ;;
 esac
 if ((failed)); then echo "stage $stage done in $SECONDS s, some measurement failed or was cut off; results in $OUT"
 else echo "stage $stage done in $SECONDS s, every measurement ok; results in $OUT"; fi
