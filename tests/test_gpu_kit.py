@@ -159,8 +159,8 @@ def test_results_step_fills_both_documents(tmp_path):
     sections = gpu_results.render([tmp_path / "out"])
     bench = sections["benchmarks"]
     assert "QUICK=1 dry run" in bench
-    assert "| hybrid compiled ≥ 2× `model.generate` | batch 64 | 2.50 | yes |" in bench
-    assert "| hybrid ≥ 0.95× plain, eager | batch 64 | 0.90 | **no** |" in bench
+    assert "| hybrid compiled ≥ 2× `model.generate` | batch 64 × 512 tokens | 2.50 | yes |" in bench
+    assert "| hybrid ≥ 0.95× plain, eager | batch 64 × 512 tokens | 0.90 | **no** |" in bench
     assert "40.0 of 140 GB" in bench  # the training step's peak memory against the device's
     assert "| 1 | rollout_batches | SKIPPED | – |" in bench
     assert "python benchmarks/rollout_throughput.py --batch-sizes 4" in bench
