@@ -46,6 +46,6 @@ call A5 5 "$sim/carry3"
 echo "=== results step: python benchmarks/gpu_results.py $sim/out/*"
 "$PY" benchmarks/gpu_results.py "$sim"/out/* > "$sim/results.md"
 cat "$sim/results.md"
-ran=$(grep -c "every measurement ok" "$sim"/*.console)
+ran=$(cat "$sim"/*.console | grep -c "every measurement ok")
 echo "=== dry run done: $ran of 6 calls with every measurement ok; files in $sim"
 [[ $ran == 6 ]]

@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_suite.sh STAGE        # on the GPU machine; results in $OUT
 #   QUICK=1 bash benchmarks/gpu_suite.sh 1    # tiny shapes, a few steps: checks a stage on CPU
 # Stages, most valuable first (0: only stash the model part this call carried, in seconds):
-#   1  rollout throughput at batch 64 × 512 tokens, every method (Qwen2.5-1.5B architecture, random bf16 weights)
+#   1  rollout throughput at batch 64 × 512 tokens: hybrid and plain, eager and compiled; generate; the
+#      reference-style loop (Qwen2.5-1.5B architecture, random bf16 weights)
 #   2  HRPO training step at the paper's GSM8K settings: eager/compiled, ± gradient checkpointing; bf16 log-prob parity
 #   3  a few HRPO steps on SmolLM2 under accelerate launch with FSDP2, with DDP, and without accelerate, compared
 #   4  the evidence run: SmolLM2 arithmetic, HRPO r_min 0.95/0.99 vs GRPO, 4 seeds × 200 steps (several sessions)
@@ -62,7 +63,8 @@ measure() {
   { printf '$'; printf ' %q' "$@"; echo; } >> "$env_file"
 }
 
-"$PY" benchmarks/gpu_kit.py setup || exit 2
+need=(); [[ $stage == [34] ]] && need=(--need-model)  # stages 3 and 4 train the real SmolLM2
+"$PY" benchmarks/gpu_kit.py setup "${need[@]}" || exit $?
 CFG=benchmarks/configs/qwen2.5-1.5b-instruct.json
 TOKENIZER=${TOKENIZER:-$KIT_HOME/tokenizer}
 [[ -d $TOKENIZER ]] || TOKENIZER=benchmarks/.tokenizer
@@ -76,7 +78,7 @@ fi
 rollout=(benchmarks/rollout_throughput.py "${model[@]}" --new-tokens $tokens --sync-every 8)
 train=(benchmarks/train_step.py "${model[@]}" --steps $steps --max-completion-length $completion --sync-every 8)
 
-# A few HRPO steps of the quickstart recipe on SmolLM2 (stage 3), launched as LAUNCH... says.
+# small_run NAME LAUNCHER...: a few HRPO steps of the quickstart recipe on SmolLM2 (stage 3).
 small_run() {
   local name=$1; shift
   local run=$KIT_HOME/runs/$name
@@ -103,7 +105,6 @@ case $stage in
     --output "$OUT/train_step_compiled_gc.json"
   ;;
 3)
-  "$PY" benchmarks/gpu_kit.py setup --need-model || exit 3
   measure convert "$PY" -c "from hrpo.loading import default_model_path; print(default_model_path())"
   # One process: FSDP2 with a world of one on a GPU (on a CPU accelerate sets up no FSDP at all;
   # accelerate_probe.py records which it was).
@@ -117,7 +118,6 @@ case $stage in
     "$OUT"/single_metrics.jsonl --output "$OUT/fsdp_vs_ddp.json"
   ;;
 4)
-  "$PY" benchmarks/gpu_kit.py setup --need-model || exit 3
   # Finished runs of earlier sessions: the returned tarball (carried back in .gpu-kit/evidence) or
   # the copy gpu_results.py --write committed.
   sweep=experiments/gpu_evidence.yaml groups=(${SEED_GROUPS:-0,1 2,3}) jobs=${JOBS:-6} threads=2
