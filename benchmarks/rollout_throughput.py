@@ -2,13 +2,14 @@
 sampling, (d) a reference-implementation-style hybrid loop (``reference_loop.py``). Variants of (a):
 ``hybrid_static`` (static KV cache) and ``hybrid_compiled`` (``rollout_backend="compiled"``:
 torch.compile'd decoding step over a static cache; its warm-up runs at full length, since that is
-where it compiles, and the warm-up's duration is reported as ``hybrid_compiled_warmup_s``).
+where it compiles, and the warm-up's duration is reported as ``hybrid_compiled_warmup_s``);
+``plain_compiled`` is (b) in the compiled backend, to compare hybrid and plain backend by backend.
 
 All four generate exactly ``--new-tokens`` tokens per sequence (EOS ignored) for the same
 prompts, batch size, temperature and top-k, timed in one process, one after the other, each
 after a short warm-up run (``--warmup-tokens``); the methods take turns within each of the
 ``--repeats`` rounds and each one's median is reported.
-Results go to a JSON file.
+Results go to a JSON file, rewritten after each batch size (a run cut short keeps its rows).
 
     python benchmarks/rollout_throughput.py                                   # SmolLM2, CPU
     python benchmarks/rollout_throughput.py --batch-sizes 8 32 --new-tokens 512 --repeats 1
@@ -23,6 +24,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,14 +47,23 @@ PROMPTS = [
 ]
 
 
+COMPILED = ("hybrid_compiled", "plain_compiled")
+"""Methods whose warm-up runs at full length: that is where they compile."""
+
+
 def timed_interleaved(
-    fns: dict, repeats: int, warmup_tokens: int, full_warmup: tuple[str, ...] = ()
+    fns: dict,
+    repeats: int,
+    warmup_tokens: int,
+    full_warmup: tuple[str, ...] = (),
+    on_round: Callable[[dict[str, float], dict[str, float]], None] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Median seconds per method of ``fn(None)`` (full length), after one short warm-up call each
     (a full-length one for the methods in ``full_warmup``); also the warm-up seconds.
 
     The methods take turns within each repeat, so a slow drift of the machine (other load,
     frequency changes) spreads over all of them instead of biasing the one measured last.
+    ``on_round(medians so far, warm-ups)`` is called after each repeat.
     """
     warmup = {}
     for name, fn in fns.items():
@@ -65,6 +76,8 @@ def timed_interleaved(
             start = time.perf_counter()
             fn(None)
             times[name].append(time.perf_counter() - start)
+        if on_round:
+            on_round({name: statistics.median(t) for name, t in times.items()}, warmup)
     return {name: statistics.median(t) for name, t in times.items()}, warmup
 
 
@@ -79,7 +92,8 @@ def main() -> None:
         "--methods",
         nargs="+",
         default=["hybrid", "hybrid_static", "hybrid_compiled", "plain", "generate", "reference"],
-        help="hybrid, hybrid_static (static KV cache), hybrid_compiled (compiled step), plain, generate, reference",
+        help="hybrid, hybrid_static (static KV cache), hybrid_compiled (compiled step), plain, plain_compiled, "
+        "generate, reference",
     )
     ap.add_argument(
         "--sync-every", type=int, default=1, help="hrpo engines' steps between host checks (8 suits GPUs)"
@@ -112,6 +126,9 @@ def main() -> None:
             ),
             "hybrid_compiled": RolloutEngine(
                 model, tok, RolloutConfig(hybrid=True, rollout_backend="compiled", **common)
+            ),
+            "plain_compiled": RolloutEngine(
+                model, tok, RolloutConfig(hybrid=False, rollout_backend="compiled", **common)
             ),
         }
         ids, mask, _ = engines["hybrid"].encode(prompts)
@@ -147,29 +164,59 @@ def main() -> None:
                     top_k=args.top_k,
                 )
 
-        tokens = bs * args.new_tokens
-        row = {"batch_size": bs, "new_tokens": args.new_tokens, "prompt_tokens_max": int(mask.sum(-1).max())}
-        fns = {m: (lambda n, m=m: run(m, n)) for m in args.methods}
-        medians, warmup = timed_interleaved(fns, args.repeats, args.warmup_tokens, ("hybrid_compiled",))
-        for method, seconds in medians.items():
-            row[f"{method}_tok_s"] = tokens / seconds
-        if "hybrid_compiled" in warmup:
-            row["hybrid_compiled_warmup_s"] = warmup["hybrid_compiled"]
-            if engines["hybrid_compiled"].compiled.failed:
-                row["hybrid_compiled_fell_back_to_eager"] = True
         prompt_len = int(mask.sum(-1).max())
-        row["floor_tok_s"] = floor_tokens_per_second(model, bs, prompt_len, args.new_tokens, bandwidth)
-        for num in ("hybrid", "hybrid_static", "hybrid_compiled"):
-            if f"{num}_tok_s" in row:
-                row[f"{num}_fraction_of_floor"] = row[f"{num}_tok_s"] / row["floor_tok_s"]
-        for num in ("hybrid", "hybrid_static", "hybrid_compiled", "plain"):
-            for den in ("generate", "reference"):
-                if f"{num}_tok_s" in row and f"{den}_tok_s" in row:
-                    row[f"{num}_over_{den}"] = row[f"{num}_tok_s"] / row[f"{den}_tok_s"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        done: list[dict] = []  # this batch size's row after each repeat
 
-    result = {
+        def record(medians: dict, warmup: dict, bs=bs, prompt_len=prompt_len, engines=engines, done=done):
+            """Write the row with the repeats so far: a run cut short keeps them."""
+            row = make_row(args, bs, prompt_len, medians, warmup, engines, repeats_done=len(done) + 1)
+            row["floor_tok_s"] = floor_tokens_per_second(model, bs, prompt_len, args.new_tokens, bandwidth)
+            add_ratios(row)
+            done.append(row)
+            print(json.dumps(row), flush=True)
+            write_result(args.output, summary(args, hf, device, bandwidth, [*rows, row]))
+
+        fns = {m: (lambda n, m=m: run(m, n)) for m in args.methods}
+        timed_interleaved(fns, args.repeats, args.warmup_tokens, COMPILED, on_round=record)
+        rows.append(done[-1])
+
+
+def make_row(
+    args, bs: int, prompt_len: int, medians: dict, warmup: dict, engines: dict, repeats_done: int
+) -> dict:
+    """One batch size's throughputs (tokens/s) and the compiled methods' warm-up seconds."""
+    row = {"batch_size": bs, "new_tokens": args.new_tokens, "prompt_tokens_max": prompt_len}
+    for method, seconds in medians.items():
+        row[f"{method}_tok_s"] = bs * args.new_tokens / seconds
+    row["repeats_done"] = repeats_done
+    for method in COMPILED:
+        if method in warmup:
+            row[f"{method}_warmup_s"] = warmup[method]
+            if engines[method].compiled.failed:
+                row[f"{method}_fell_back_to_eager"] = True
+    return row
+
+
+def add_ratios(row: dict) -> None:
+    """Fractions of the bandwidth floor and the ratios between methods, from the ``*_tok_s`` keys."""
+    for num in ("hybrid", "hybrid_static", "hybrid_compiled"):
+        if f"{num}_tok_s" in row:
+            row[f"{num}_fraction_of_floor"] = row[f"{num}_tok_s"] / row["floor_tok_s"]
+    pairs = [
+        (num, den)
+        for num in ("hybrid", "hybrid_static", "hybrid_compiled", "plain", "plain_compiled")
+        for den in ("generate", "reference")
+    ]
+    # Hybrid against plain decoding in the same backend: what the latent costs.
+    pairs += [("hybrid", "plain"), ("hybrid_compiled", "plain_compiled")]
+    for num, den in pairs:
+        if f"{num}_tok_s" in row and f"{den}_tok_s" in row:
+            row[f"{num}_over_{den}"] = row[f"{num}_tok_s"] / row[f"{den}_tok_s"]
+
+
+def summary(args: argparse.Namespace, hf, device: str, bandwidth: float, rows: list[dict]) -> dict:
+    """The result file's contents: settings, environment and the rows measured so far."""
+    return {
         "benchmark": "rollout_throughput",
         "model": describe_model(args),
         "copy_bandwidth_gb_s": bandwidth / 1e9,
@@ -184,7 +231,6 @@ def main() -> None:
         "sync_every": args.sync_every,
         "rows": rows,
     }
-    write_result(args.output, result)
 
 
 if __name__ == "__main__":

@@ -94,8 +94,14 @@ def main() -> None:
                 }
             )
             print(json.dumps(steps[-1]), flush=True)
+            # After every step: a run cut short still leaves the steps it made.
+            write_result(args.output, summary(args, model, device, completions, steps))
+
+
+def summary(args: argparse.Namespace, model, device: str, completions: int, steps: list[dict]) -> dict:
+    """The result file's contents; the first step is a warm-up and is left out of the medians."""
     timed = steps[1:] or steps
-    result = {
+    return {
         "benchmark": "train_step",
         "model": describe_model(args),
         **environment(device),
@@ -113,7 +119,6 @@ def main() -> None:
         "peak_memory_gb": max(s["peak_memory_gb"] for s in steps),
         "steps": steps,
     }
-    write_result(args.output, result)
 
 
 if __name__ == "__main__":
