@@ -188,3 +188,36 @@ def test_permutation_p_value_by_hand():
     assert permutation_p_value([0.2, 0.2], [0.2, 0.2]) == 1.0
     # Splits of {1,2,3,4} into pairs: |diff| of means is 2 for {1,2}|{3,4}, 1 for {1,3}|{2,4}, 0 for {1,4}|{2,3}.
     assert permutation_p_value([1, 3], [2, 4]) == pytest.approx(4 / 6)
+
+
+def test_table_footnote_names_each_seed_count_with_its_smallest_p():
+    from hrpo.sweep import markdown_table, smallest_p_value
+
+    def row(name: str, n: int) -> dict:
+        stat = {"mean": 0.5, "std": 0.1}
+        return {
+            "variant": name,
+            "overrides": {},
+            "runs": [{"accuracy_after": 0.5}] * n,
+            **dict.fromkeys(
+                (
+                    "accuracy_before",
+                    "accuracy_after",
+                    "gain",
+                    "final_reward",
+                    "final_accuracy",
+                    "final_hidden_ratio",
+                    "final_completion_length",
+                ),
+                stat,
+            ),
+            "p_vs_baseline": 1.0,
+            "smallest_p": smallest_p_value(n, 3),
+        }
+
+    summary = {"tail_steps": 10, "baseline": "grpo", "variants": [row("grpo", 3), row("a", 1), row("b", 3)]}
+    table = markdown_table(summary)
+    assert (
+        "(with 1 seed against 3, p cannot go below 0.250; with 3 seeds against 3, p cannot go below 0.100)"
+        in table
+    )

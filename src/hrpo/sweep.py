@@ -398,7 +398,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
             if not math.isnan(row.get("smallest_p", math.nan))
         }
     )
-    floor = "; ".join(f"with {a} seeds against {b}, p cannot go below {p:.3f}" for a, b, p in floors)
+    floor = "; ".join(
+        f"with {a} seed{'s' if a != 1 else ''} against {b}, p cannot go below {p:.3f}" for a, b, p in floors
+    )
     note = (
         f"\nMean ± sample std over seeds. p: exact two-sided permutation test of the after-training "
         f"accuracies against {base}'s" + (f" ({floor})" if floor else "") + ".\n"
